@@ -95,3 +95,17 @@ class ConnectAmbiguousWriteError(ConnectError):
         self.method = method
         self.path = path
         super().__init__(message)
+
+
+class ConnectTransportError(ConnectError):
+    """Connect could not be reached (connection refused, DNS, TLS, timeouts) after every attempt.
+
+    Nothing was answered, so there is no status; ``method`` and ``path`` say which call failed.
+    Raised for reads, and for writes only when nothing was sent (otherwise the outcome is unknown
+    and :class:`ConnectAmbiguousWriteError` is raised instead).
+    """
+
+    def __init__(self, message: str, *, method: str | None = None, path: str | None = None) -> None:
+        self.method = method
+        self.path = path
+        super().__init__(message)

@@ -1,0 +1,176 @@
+"""Benchmark: page a large usage file through ConnectHook.iter_pages and report memory and speed.
+
+Why: the hook promises that paging keeps memory independent of the collection's size (one page in
+memory at a time). This starts a sandbox with ``--usage-records N`` on a free port, pages every
+record of its generated file in a separate child process (so the peak RSS measured is the hook
+process's alone, not the server's), and reports that child's peak RSS and records per second.
+
+    .venv/bin/python bench/hook_paging.py                  # 1,000,000 records
+    .venv/bin/python bench/hook_paging.py --records 100000 --page-size 500 --raw
+
+Exit status 1 if the peak RSS reaches ``--limit-mb`` (200 MB by default). Not a test: timings vary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+GENERATED_FILE = "UF-2026-10-9000000001"
+API_KEY = "ApiKey SU-000-000-000:sandbox-demo-key"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _peak_rss_mb() -> float:
+    # ru_maxrss is in KiB on Linux (bytes on macOS).
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+def child(api_url: str, page_size: int, raw: bool) -> None:
+    """Runs in the measured process: import the hook, page everything, print one JSON line."""
+    os.environ["AIRFLOW_CONN_CLOUDBLUE_CONNECT_DEFAULT"] = json.dumps(
+        {"conn_type": "cloudblue_connect", "host": api_url, "password": API_KEY, "extra": {"timeout": 120}}
+    )
+    from connect_provider.hooks.connect import ConnectHook
+
+    hook = ConnectHook(page_size=page_size)
+    hook.get_conn()
+    baseline = _peak_rss_mb()
+    started = time.perf_counter()
+    records = pages = 0
+    if raw:
+        for page in hook.iter_usage_record_raw_pages(GENERATED_FILE):
+            records += page.count
+            pages += 1
+    else:
+        for items in hook.iter_usage_record_pages(GENERATED_FILE):
+            records += len(items)
+            pages += 1
+    seconds = time.perf_counter() - started
+    result = {
+        "records": records,
+        "pages": pages,
+        "seconds": round(seconds, 2),
+        "records_per_s": round(records / seconds) if seconds else None,
+        "rss_after_imports_mb": round(baseline, 1),
+        "peak_rss_mb": round(_peak_rss_mb(), 1),
+    }
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"the sandbox exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"{url}/_sandbox/health", timeout=2) as response:  # noqa: S310
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.2)
+    raise SystemExit(f"the sandbox did not answer within {timeout:.0f} s")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--records", type=int, default=1_000_000, help="records in the generated usage file")
+    parser.add_argument("--page-size", type=int, default=1000, help="page size of the hook (1-1000)")
+    parser.add_argument("--raw", action="store_true", help="page with iter_raw_pages (no JSON decoding)")
+    parser.add_argument("--limit-mb", type=float, default=200.0, help="fail if the peak RSS reaches this")
+    parser.add_argument("--child", metavar="API_URL", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.child:
+        child(args.child, args.page_size, args.raw)
+        return 0
+
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    with tempfile.TemporaryDirectory(prefix="hook-bench-") as tmp:
+        env = {
+            **os.environ,
+            "AIRFLOW_HOME": str(Path(tmp) / "airflow_home"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
+        }
+        server_log = open(Path(tmp) / "sandbox.log", "wb")
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "connect_sandbox.cli",
+                "--port",
+                str(port),
+                "--usage-records",
+                str(args.records),
+            ],
+            stdout=server_log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+        try:
+            started = time.perf_counter()
+            _wait_healthy(url, server, timeout=600)
+            print(
+                f"sandbox with {args.records:,} records ready in {time.perf_counter() - started:.1f} s",
+                flush=True,
+            )
+            cmd = [
+                sys.executable,
+                __file__,
+                "--child",
+                f"{url}/public/v1",
+                "--page-size",
+                str(args.page_size),
+            ]
+            if args.raw:
+                cmd.append("--raw")
+            out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+        finally:
+            server.terminate()
+            try:
+                server.wait(15)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait(15)
+            server_log.close()
+    lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
+    if out.returncode != 0 or not lines:
+        sys.stderr.write(out.stdout[-4000:] + out.stderr[-4000:])
+        return 2
+    result = json.loads(lines[-1].removeprefix("RESULT "))
+    mode = "iter_raw_pages" if args.raw else "iter_pages"
+    print(
+        f"{mode}: {result['records']:,} records in {result['pages']:,} pages of {args.page_size} in "
+        f"{result['seconds']} s = {result['records_per_s']:,} records/s; hook process peak RSS "
+        f"{result['peak_rss_mb']} MB (after imports {result['rss_after_imports_mb']} MB)"
+    )
+    if result["records"] != args.records:
+        print(f"FAIL: expected {args.records:,} records, got {result['records']:,}")
+        return 1
+    if result["peak_rss_mb"] >= args.limit_mb:
+        print(f"FAIL: peak RSS {result['peak_rss_mb']} MB >= {args.limit_mb} MB")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
