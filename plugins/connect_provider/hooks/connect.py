@@ -43,7 +43,7 @@ import requests
 from airflow.providers.http.hooks.http import HttpHook
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 
-from connect_provider import CONNECT_API_BASE_URL, __version__, get_provider_info
+from connect_provider import CONNECT_API_BASE_URL, __version__
 from connect_provider.config import DEFAULT_CONN_ID
 from connect_provider.exceptions import (
     ConnectAmbiguousWriteError,
@@ -381,14 +381,6 @@ class ConnectHook(HttpHook):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(connect_conn_id={self.connect_conn_id!r})"
-
-    @classmethod
-    def get_ui_field_behaviour(cls) -> dict[str, Any]:
-        """The connection form (declared once, in :func:`connect_provider.get_provider_info`)."""
-        for conn_type in get_provider_info()["connection-types"]:
-            if conn_type["connection-type"] == cls.conn_type:
-                return dict(conn_type["ui-field-behaviour"])
-        return {}
 
     # ------------------------------------------------------------------ settings and session
 
