@@ -1,0 +1,6 @@
+"""A local stand-in for the CloudBlue Connect public API, for tests, demos and benchmarks.
+
+It is an independent reading of Connect's OpenAPI spec and API notes (it never imports the
+provider): ``connect-sandbox`` serves ``/public/v1`` with the demo API key
+``ApiKey SU-000-000-000:sandbox-demo-key`` and an admin API under ``/_sandbox``.
+"""

@@ -1,0 +1,571 @@
+"""RQL as Connect's server reads it (django-rql / lib-rql semantics), for the sandbox.
+
+Connect URL-decodes the whole query string and parses it as one RQL expression: top-level
+``&``- or ``,``-joined terms are and-ed, ``or`` needs ``or(a,b)`` or a parenthesised ``(a|b)``,
+values with special characters are quoted with ``"..."`` or ``'...'``. ``limit=``/``offset=``,
+``select()`` and ``ordering()`` live in the same expression. A filter on a property the endpoint
+does not declare is ignored by django-rql (it becomes an empty ``Q()``), so the evaluator mirrors
+that: an unknown property matches everything instead of nothing. Tests rely on this to expose
+clients that filter on a misspelt key.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import date, datetime, timezone
+from decimal import Decimal, InvalidOperation
+from typing import Any
+from urllib.parse import unquote
+
+COMPARISON_OPS = frozenset({"eq", "ne", "gt", "ge", "lt", "le", "like", "ilike"})
+LIST_OPS = frozenset({"in", "out"})
+LOGICAL_OPS = frozenset({"and", "or", "not"})
+# Keys that are paging or full-text controls, not filters.
+CONTROL_KEYS = frozenset({"limit", "offset", "search"})
+
+_DELIMS = set("(),&|;=")
+_PROP_RE = re.compile(r"[A-Za-z][\w.\-]*\Z")
+
+
+class RQLError(ValueError):
+    """A query Connect would refuse with 400 (``INVALID_RQL``)."""
+
+
+class _Null:
+    def __repr__(self) -> str:
+        return "null()"
+
+
+class _Empty:
+    def __repr__(self) -> str:
+        return "empty()"
+
+
+NULL = _Null()
+EMPTY = _Empty()
+
+
+@dataclass(frozen=True)
+class Comparison:
+    op: str  # eq ne gt ge lt le like ilike in out
+    prop: str
+    value: Any  # str | NULL | EMPTY, or a tuple of those for in/out
+
+
+@dataclass(frozen=True)
+class Logical:
+    op: str  # and | or | not
+    children: tuple[Node, ...]
+
+
+Node = Comparison | Logical
+
+
+@dataclass
+class Query:
+    """A parsed query string: the filter plus the controls Connect reads alongside it."""
+
+    filter: Node | None = None
+    limit: str | None = None
+    offset: str | None = None
+    search: str | None = None
+    select: list[str] = field(default_factory=list)
+    ordering: list[str] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------------------- parser
+class _Parser:
+    def __init__(self, text: str) -> None:
+        self.s = text
+        self.i = 0
+        self.query = Query()
+
+    # low level
+    def peek(self) -> str:
+        return self.s[self.i] if self.i < len(self.s) else ""
+
+    def error(self, message: str) -> RQLError:
+        return RQLError(f"{message} at position {self.i} of {self.s!r}")
+
+    def expect(self, ch: str) -> None:
+        if self.peek() != ch:
+            found = self.peek() or "end of query"
+            raise self.error(f"expected {ch!r}, found {found!r}")
+        self.i += 1
+
+    def word(self) -> str:
+        """An unquoted token: everything up to the next delimiter."""
+        start = self.i
+        while self.i < len(self.s) and self.s[self.i] not in _DELIMS:
+            self.i += 1
+        return self.s[start : self.i]
+
+    def value(self) -> Any:
+        ch = self.peek()
+        if ch in ("'", '"'):
+            end = self.s.find(ch, self.i + 1)
+            if end < 0:
+                raise self.error("unterminated quoted value")
+            text = self.s[self.i + 1 : end]
+            self.i = end + 1
+            if self.peek() and self.peek() not in _DELIMS:
+                raise self.error("unexpected text after a quoted value")
+            return text
+        if ch == "(":
+            raise self.error("unexpected '('")
+        text = self.word()
+        if text in ("null", "empty") and self.peek() == "(":
+            self.i += 1
+            self.expect(")")
+            return NULL if text == "null" else EMPTY
+        if text == "":
+            raise self.error("missing value")
+        return text
+
+    def prop(self) -> str:
+        text = self.word().strip()
+        if not _PROP_RE.match(text):
+            raise self.error(f"invalid property {text!r}")
+        return text.replace("__", ".")
+
+    # grammar
+    def parse(self) -> Query:
+        if self.s.strip() == "":
+            return self.query
+        terms = self.and_list(top=True)
+        if self.i != len(self.s):
+            raise self.error(f"unexpected {self.peek()!r}")
+        filters = [t for t in terms if t is not None]
+        if len(filters) == 1:
+            self.query.filter = filters[0]
+        elif filters:
+            self.query.filter = Logical("and", tuple(filters))
+        return self.query
+
+    def and_list(self, top: bool = False) -> list[Node | None]:
+        terms = [self.term(top)]
+        while self.peek() in ("&", ","):
+            self.i += 1
+            if top and self.peek() in ("&", ""):
+                continue  # tolerate "a=1&&b=2" and a trailing "&" as browsers produce them
+            terms.append(self.term(top))
+        return terms
+
+    def term(self, top: bool = False) -> Node | None:
+        if self.peek() == "(":
+            return self.group()
+        start = self.i
+        name = self.word()
+        if self.peek() == "(":
+            self.i += 1
+            return self.call(name.strip(), top)
+        if self.peek() == "=":
+            self.i = start
+            return self.equality(top)
+        if name == "":
+            raise self.error("empty expression")
+        raise self.error(f"expected an operator call or 'property=value' near {name!r}")
+
+    def group(self) -> Node | None:
+        self.expect("(")
+        first = self.and_list()
+        if self.peek() in ("|", ";"):
+            sep = self.peek()
+            alternatives = [_and_of(first)]
+            while self.peek() == sep:
+                self.i += 1
+                alternatives.append(_and_of(self.and_list()))
+            self.expect(")")
+            return Logical("or", tuple(alternatives))
+        self.expect(")")
+        return _and_of(first)
+
+    def equality(self, top: bool) -> Node | None:
+        prop = self.prop()
+        self.expect("=")
+        save = self.i
+        maybe_op = self.word()
+        if self.peek() == "=" and maybe_op in COMPARISON_OPS | LIST_OPS:
+            self.i += 1
+            op = maybe_op
+        else:
+            self.i = save
+            op = "eq"
+        if op in LIST_OPS:
+            values = self.value_list()
+            return Comparison(op, prop, values)
+        value = self.value()
+        if top and op == "eq" and prop in CONTROL_KEYS:
+            if not isinstance(value, str):
+                raise self.error(f"{prop} needs a value")
+            setattr(self.query, prop, value)
+            return None
+        return Comparison(op, prop, value)
+
+    def value_list(self) -> tuple[Any, ...]:
+        if self.peek() != "(":
+            return (self.value(),)
+        self.i += 1
+        values = [self.value()]
+        while self.peek() == ",":
+            self.i += 1
+            values.append(self.value())
+        self.expect(")")
+        return tuple(values)
+
+    def call(self, name: str, top: bool) -> Node | None:
+        if name in LOGICAL_OPS:
+            children = [c for c in self.and_list() if c is not None]
+            self.expect(")")
+            if not children:
+                raise self.error(f"{name}() needs an expression")
+            if name == "not":
+                if len(children) != 1:
+                    raise self.error("not() takes exactly one expression")
+                return Logical("not", (children[0],))
+            if len(children) == 1:
+                return children[0]
+            return Logical(name, tuple(children))
+        if name in COMPARISON_OPS:
+            prop = self.prop()
+            self.expect(",")
+            value = self.value()
+            self.expect(")")
+            return Comparison(name, prop, value)
+        if name in LIST_OPS:
+            prop = self.prop()
+            self.expect(",")
+            values = self.value_list()
+            self.expect(")")
+            return Comparison(name, prop, values)
+        if name in ("select", "ordering"):
+            props = self.signed_props()
+            if not top:
+                raise self.error(f"{name}() is only allowed at the top level")
+            getattr(self.query, name).extend(props)
+            return None
+        if name == "limit":
+            # limit(count[,offset]) as some RQL dialects write it
+            args = self.signed_props(allow_numbers=True)
+            if not top or not 1 <= len(args) <= 2:
+                raise self.error("limit() takes a count and an optional offset")
+            self.query.limit = args[0]
+            if len(args) == 2:
+                self.query.offset = args[1]
+            return None
+        if name in ("search",):
+            raise self.error("search is a query parameter: search=term")
+        raise self.error(f"unknown operator {name!r}")
+
+    def signed_props(self, allow_numbers: bool = False) -> list[str]:
+        out: list[str] = []
+        if self.peek() == ")":
+            self.i += 1
+            return out
+        while True:
+            text = self.word().strip()
+            body = text[1:] if text[:1] in "+-" else text
+            ok = bool(_PROP_RE.match(body)) or (allow_numbers and text.isdigit())
+            if not ok:
+                raise self.error(f"invalid property {text!r}")
+            out.append(text[0] + body.replace("__", ".") if text[:1] in "+-" else body.replace("__", "."))
+            if self.peek() == ",":
+                self.i += 1
+                continue
+            self.expect(")")
+            return out
+
+
+def _and_of(terms: list[Node | None]) -> Node | None:
+    kept = [t for t in terms if t is not None]
+    if not kept:
+        return None
+    return kept[0] if len(kept) == 1 else Logical("and", tuple(kept))
+
+
+def parse(query_string: str, *, decoded: bool = False) -> Query:
+    """Parse a raw query string (``request.url.query``) the way Connect does: unquote, then RQL."""
+    text = query_string if decoded else unquote(query_string)
+    return _Parser(text).parse()
+
+
+# ------------------------------------------------------------------------------------ evaluator
+_ISO_DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}")
+
+
+def _parse_temporal(text: str) -> datetime | date | None:
+    if not _ISO_DATE_RE.match(text):
+        return None
+    t = text.strip().replace(" ", "T", 1) if "T" not in text and len(text) > 10 else text.strip()
+    if t.endswith("Z"):
+        t = t[:-1] + "+00:00"
+    try:
+        if len(t) == 10:
+            return date.fromisoformat(t)
+        dt = datetime.fromisoformat(t)
+    except ValueError:
+        return None
+    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
+
+
+def _as_comparable(field_value: Any, raw: str) -> tuple[Any, Any] | None:
+    """Coerce the query's text to the field's type; None when they cannot be compared."""
+    if isinstance(field_value, bool):
+        low = raw.lower()
+        if low not in ("true", "false"):
+            return None
+        return field_value, low == "true"
+    if isinstance(field_value, int | float | Decimal):
+        try:
+            return Decimal(str(field_value)), Decimal(raw)
+        except InvalidOperation:
+            return None
+    if isinstance(field_value, str):
+        left = _parse_temporal(field_value) if _ISO_DATE_RE.match(field_value) else None
+        right = _parse_temporal(raw) if left is not None else None
+        if left is not None and right is not None:
+            if isinstance(left, datetime) and not isinstance(right, datetime):
+                return left.date(), right
+            if isinstance(right, datetime) and not isinstance(left, datetime):
+                left = datetime(left.year, left.month, left.day, tzinfo=timezone.utc)
+            return left, right
+        return field_value, raw
+    return str(field_value), raw
+
+
+def _like(value: Any, pattern: str, insensitive: bool) -> bool:
+    if value is None:
+        return False
+    text = str(value)
+    if insensitive:
+        text, pattern = text.lower(), pattern.lower()
+    if "*" not in pattern:
+        return text == pattern
+    regex = ".*".join(re.escape(p) for p in pattern.split("*"))
+    return re.fullmatch(regex, text, flags=re.DOTALL) is not None
+
+
+def _compare(op: str, field_value: Any, raw: Any) -> bool:
+    if raw is NULL:
+        is_null = field_value is None
+        if op == "eq":
+            return is_null
+        if op == "ne":
+            return not is_null
+        return False
+    if raw is EMPTY:
+        is_empty = field_value == "" or field_value is None
+        if op == "eq":
+            return is_empty
+        if op == "ne":
+            return not is_empty
+        return False
+    if op in ("like", "ilike"):
+        return _like(field_value, raw, op == "ilike")
+    if field_value is None:
+        return op == "ne"
+    pair = _as_comparable(field_value, raw)
+    if pair is None:
+        return op == "ne"
+    left, right = pair
+    try:
+        if op == "eq":
+            return left == right
+        if op == "ne":
+            return left != right
+        if op == "gt":
+            return left > right
+        if op == "ge":
+            return left >= right
+        if op == "lt":
+            return left < right
+        if op == "le":
+            return left <= right
+    except TypeError:
+        return False
+    raise RQLError(f"unknown operator {op!r}")
+
+
+def resolve(obj: Any, path: str) -> list[Any]:
+    """All values at a dotted path; lists along the way fan out (a join, as in Django)."""
+    current = [obj]
+    for part in path.split("."):
+        nxt: list[Any] = []
+        for item in current:
+            if isinstance(item, Mapping):
+                if part in item:
+                    v = item[part]
+                    if isinstance(v, list):
+                        nxt.extend(v)
+                    else:
+                        nxt.append(v)
+            elif isinstance(item, list):
+                for el in item:
+                    if isinstance(el, Mapping) and part in el:
+                        nxt.append(el[part])
+        current = nxt
+    return current
+
+
+class Filterable:
+    """Which properties an endpoint filters on, and where each lives in its objects."""
+
+    def __init__(self, props: Iterable[str], aliases: Mapping[str, str] | None = None) -> None:
+        self.props = frozenset(props)
+        self.aliases = dict(aliases or {})
+
+    def path_of(self, prop: str) -> str | None:
+        if prop in self.aliases:
+            return self.aliases[prop]
+        if prop in self.props:
+            return prop
+        return None
+
+
+ANY = Filterable(())  # a filter set that knows nothing: every comparison is ignored
+
+
+def _positive(op: str) -> str:
+    return {"ne": "eq", "out": "in"}.get(op, op)
+
+
+def compile_filter(node: Node | None, filterable: Filterable | None) -> Callable[[Any], bool]:
+    """A predicate for objects; properties the endpoint does not declare are ignored."""
+    fn = _compile(node, filterable)
+    if fn is None:
+        return lambda _obj: True
+    return fn
+
+
+def _compile(node: Node | None, filterable: Filterable | None) -> Callable[[Any], bool] | None:
+    if node is None:
+        return None
+    if isinstance(node, Logical):
+        parts = [p for p in (_compile(c, filterable) for c in node.children) if p is not None]
+        if not parts:
+            return None
+        if node.op == "and":
+            return lambda obj: all(p(obj) for p in parts)
+        if node.op == "or":
+            return lambda obj: any(p(obj) for p in parts)
+        only = parts[0]
+        return lambda obj: not only(obj)
+    path = node.prop if filterable is None else filterable.path_of(node.prop)
+    if path is None:
+        return None
+    op, value = node.op, node.value
+    if op in LIST_OPS:
+        values = value
+
+        def member(obj: Any) -> bool:
+            found = resolve(obj, path) or [None]
+            return any(_compare("eq", fv, v) for fv in found for v in values)
+
+        return member if op == "in" else (lambda obj: not member(obj))
+    if op in ("ne",):
+
+        def not_equal(obj: Any) -> bool:
+            found = resolve(obj, path) or [None]
+            return not any(_compare("eq", fv, value) for fv in found)
+
+        return not_equal
+
+    def compare(obj: Any) -> bool:
+        found = resolve(obj, path) or [None]
+        return any(_compare(op, fv, value) for fv in found)
+
+    return compare
+
+
+def paths_of(node: Node | None, filterable: Filterable | None) -> set[str]:
+    """The object paths a filter reads (undeclared properties are ignored, so not read)."""
+    if node is None:
+        return set()
+    if isinstance(node, Logical):
+        out: set[str] = set()
+        for c in node.children:
+            out |= paths_of(c, filterable)
+        return out
+    path = node.prop if filterable is None else filterable.path_of(node.prop)
+    return set() if path is None else {path}
+
+
+def sort_key_for(path: str) -> Callable[[Any], tuple]:
+    def key(obj: Any) -> tuple:
+        found = resolve(obj, path)
+        v = found[0] if found else None
+        if v is None:
+            return (1, "")
+        if isinstance(v, bool):
+            return (0, int(v))
+        if isinstance(v, int | float | Decimal):
+            return (0, Decimal(str(v)))
+        return (0, str(v))
+
+    return key
+
+
+def apply_ordering(items: list[Any], ordering: list[str], filterable: Filterable | None) -> list[Any]:
+    """Stable multi-key sort; NULLs last on ascending order as PostgreSQL does."""
+    result = list(items)
+    for spec in reversed(ordering):
+        desc = spec.startswith("-")
+        prop = spec.lstrip("+-")
+        path = prop if filterable is None else (filterable.path_of(prop) or prop)
+        result.sort(key=sort_key_for(path), reverse=desc)
+    return result
+
+
+def apply_select(obj: dict, select: list[str]) -> dict:
+    """Honour ``select(-a.b)`` exclusions; inclusions are returned as they are (always present)."""
+    exclusions = [s[1:] for s in select if s.startswith("-")]
+    if not exclusions:
+        return obj
+    out = _deep_copy(obj)
+    for path in exclusions:
+        parts = path.split(".")
+        target: Any = out
+        for part in parts[:-1]:
+            target = target.get(part) if isinstance(target, dict) else None
+            if target is None:
+                break
+        if isinstance(target, dict):
+            target.pop(parts[-1], None)
+    return out
+
+
+def _deep_copy(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _deep_copy(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_deep_copy(v) for v in obj]
+    return obj
+
+
+def parse_page(query: Query, default_limit: int, max_limit: int) -> tuple[int, int]:
+    """limit/offset as django-rql reads them: bad values fall back to the defaults."""
+    limit = default_limit
+    if query.limit is not None:
+        try:
+            n = int(query.limit)
+            if n >= 0:
+                limit = min(n, max_limit)
+        except ValueError:
+            pass
+    offset = 0
+    if query.offset is not None:
+        try:
+            n = int(query.offset)
+            if n >= 0:
+                offset = n
+        except ValueError:
+            pass
+    return limit, offset
+
+
+def content_range(offset: int, count: int, total: int) -> str:
+    """``items first-last/total`` exactly as django-rql's RQLContentRangeLimitOffsetPagination."""
+    last = offset + (count - 1 if count else 0)
+    return f"items {offset}-{last}/{total}"

@@ -1,0 +1,408 @@
+"""The deterministic demo data set (ids are part of the team contract; tests rely on them).
+
+``demo``: the catalogue (products, items, templates, hubs, marketplaces, connections), two tier
+accounts, six assets in several states with their purchase requests, and four usage files.
+``empty``: the catalogue only, so purchases can still be placed, with no accounts, assets,
+requests or usage files.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import date, datetime, timedelta, timezone
+from decimal import Decimal
+
+PROVIDER = {"id": "PA-000-000", "name": "Demo Provider", "icon": "/media/PA-000-000/icon.png"}
+VENDOR = {"id": "VA-000-000", "name": "Demo Vendor", "icon": "/media/VA-000-000/icon.png"}
+CONTRACT = {"id": "CRD-00000-00000-00001", "type": "distribution", "name": "Demo Distribution Contract"}
+SYSTEM_USER = {"id": "SU-000-000-000", "name": "Sandbox Automation", "icon": "/media/SU-000-000-000/icon.png"}
+SEED_EPOCH = datetime(2026, 9, 1, 10, 0, 0, tzinfo=timezone.utc)
+
+_UUID_NS = uuid.UUID("6f1c1f5e-3c0e-4d5a-9a55-0c0ecb1e5a11")
+
+DEMO_PRODUCT = "PRD-276-377-545"
+VAULT_PRODUCT = "PRD-684-920-001"
+
+
+def det_uuid(name: str) -> str:
+    """A UUID that is the same on every run for the same name."""
+    return str(uuid.uuid5(_UUID_NS, name))
+
+
+def seed_time(minutes: int) -> str:
+    return (SEED_EPOCH + timedelta(minutes=minutes)).isoformat()
+
+
+def contact_info(first: str, last: str, email: str, city: str, country: str) -> dict:
+    return {
+        "address_line1": "1 Demo Street",
+        "address_line2": "Floor 2",
+        "city": city,
+        "state": "Demo State",
+        "postal_code": "10001",
+        "country": country,
+        "contact": {
+            "first_name": first,
+            "last_name": last,
+            "email": email,
+            "phone_number": {
+                "country_code": "+1",
+                "area_code": "201",
+                "phone_number": "5550123",
+                "extension": "",
+            },
+        },
+    }
+
+
+def _item(
+    product_id: str, n: int, local_id: str, mpn: str, name: str, unit: str, item_type: str, precision: str
+) -> dict:
+    return {
+        "id": f"{product_id}-{n:04d}",
+        "local_id": local_id,
+        "mpn": mpn,
+        "name": name,
+        "display_name": name,
+        "unit": unit,
+        "item_type": item_type,  # Reservation | PPU
+        "type": item_type.lower(),
+        "period": "Monthly",
+        "precision": precision,
+    }
+
+
+def catalogue() -> dict:
+    products = {
+        DEMO_PRODUCT: {
+            "id": DEMO_PRODUCT,
+            "name": "Cloud Seats",
+            "icon": f"/media/VA-000-000/{DEMO_PRODUCT}/media/icon.png",
+            "status": "published",
+            "items": [
+                _item(DEMO_PRODUCT, 1, "SEATS", "SEATS", "Seats", "seat", "Reservation", "integer"),
+                _item(DEMO_PRODUCT, 2, "STORAGE_GB", "STORAGE-GB", "Storage (GB)", "GB", "PPU", "decimal(2)"),
+            ],
+            "templates": [
+                _template(
+                    DEMO_PRODUCT,
+                    1,
+                    "Activation",
+                    "asset",
+                    "fulfillment",
+                    "# Welcome\n\nYour Cloud Seats subscription is active.",
+                ),
+                _template(
+                    DEMO_PRODUCT,
+                    2,
+                    "More information needed",
+                    "asset",
+                    "inquire",
+                    "# We need more information\n\nPlease complete the highlighted parameters.",
+                ),
+            ],
+        },
+        VAULT_PRODUCT: {
+            "id": VAULT_PRODUCT,
+            "name": "Backup Vault",
+            "icon": f"/media/VA-000-000/{VAULT_PRODUCT}/media/icon.png",
+            "status": "published",
+            "items": [
+                _item(
+                    VAULT_PRODUCT,
+                    1,
+                    "VAULT_TB",
+                    "VAULT-TB",
+                    "Vault Térabyte — 保管庫 ☁",
+                    "TB",
+                    "PPU",
+                    "decimal(6)",
+                ),
+            ],
+            "templates": [
+                _template(VAULT_PRODUCT, 1, "Vault ready", "asset", "fulfillment", "# Your vault is ready"),
+            ],
+        },
+    }
+    hubs = {
+        "HB-0000-0001": _hub("HB-0000-0001", "EU Hub", 0),
+        "HB-0000-0002": _hub("HB-0000-0002", "US Hub", 1),
+    }
+    marketplaces = {
+        "MP-00001": _marketplace(
+            "MP-00001",
+            "EU Marketplace",
+            "HB-0000-0001",
+            "EU Hub",
+            "EUR",
+            "EU",
+            [{"id": "DE", "name": "Germany"}, {"id": "ES", "name": "Spain"}],
+        ),
+        "MP-00002": _marketplace(
+            "MP-00002",
+            "US Marketplace",
+            "HB-0000-0002",
+            "US Hub",
+            "USD",
+            "NA",
+            [{"id": "US", "name": "United States"}],
+        ),
+    }
+    connections = {}
+    for n, (product, hub, ctype) in enumerate(
+        [
+            (DEMO_PRODUCT, "HB-0000-0001", "production"),
+            (DEMO_PRODUCT, "HB-0000-0002", "production"),
+            (DEMO_PRODUCT, "HB-0000-0001", "test"),
+            (VAULT_PRODUCT, "HB-0000-0001", "production"),
+            (VAULT_PRODUCT, "HB-0000-0001", "production"),
+        ],
+        start=1,
+    ):
+        cid = f"CT-0000-0000-{n:04d}"
+        connections[cid] = {
+            "id": cid,
+            "product_id": product,
+            "hub_id": hub,
+            "type": ctype,
+            "status": "approved",
+            "created_at": seed_time(n),
+        }
+    for hub in hubs.values():
+        hub["stats"]["connections"] = sum(1 for c in connections.values() if c["hub_id"] == hub["id"])
+        hub["stats"]["marketplaces"] = sum(
+            1 for m in marketplaces.values() if any(h["hub"]["id"] == hub["id"] for h in m["hubs"])
+        )
+    return {"products": products, "hubs": hubs, "marketplaces": marketplaces, "connections": connections}
+
+
+def _template(product_id: str, n: int, name: str, scope: str, ttype: str, body: str) -> dict:
+    tid = f"TL-{product_id.removeprefix('PRD-')}-{n:04d}"
+    return {
+        "id": tid,
+        "title": name,
+        "name": name,
+        "body": body,
+        "scope": scope,
+        "type": ttype,
+        "position": n,
+        "events": {
+            "created": {"at": seed_time(n), "by": dict(SYSTEM_USER)},
+            "updated": {"at": seed_time(n), "by": dict(SYSTEM_USER)},
+        },
+    }
+
+
+def _hub(hid: str, name: str, n: int) -> dict:
+    instance_id = det_uuid(f"hub-instance-{hid}")
+    return {
+        "id": hid,
+        "name": name,
+        "description": f"{name}: the sandbox's demo distribution hub",
+        "company": {"id": PROVIDER["id"], "name": PROVIDER["name"], "icon": PROVIDER["icon"]},
+        "events": {
+            "created": {"at": seed_time(n), "by": dict(SYSTEM_USER)},
+            "updated": {"at": seed_time(n), "by": dict(SYSTEM_USER)},
+        },
+        "stats": {"connections": 0, "marketplaces": 0},
+        "instance": {"id": instance_id, "type": "API"},
+        "version": "1.0",
+        "extension_version": "1.0",
+        "last_health_check": seed_time(60),
+    }
+
+
+def _marketplace(
+    mid: str, name: str, hub_id: str, hub_name: str, currency: str, zone: str, countries: list[dict]
+) -> dict:
+    return {
+        "id": mid,
+        "name": name,
+        "description": f"{name} of the sandbox",
+        "owner": {"id": PROVIDER["id"], "name": PROVIDER["name"], "icon": PROVIDER["icon"]},
+        "icon": f"/media/PA-000-000/marketplaces/{mid}/icon.png",
+        "zone": zone,
+        "hubs": [{"hub": {"id": hub_id, "name": hub_name}, "external_id": hub_id.lower()}],
+        "active_contracts": 1,
+        "countries": countries,
+        "currency": currency,
+        "capabilities": {
+            "listing": {"referral_auto": False},
+            "price_list": {"commerce_compatibility": False},
+        },
+        "attributes": {},
+        "stats": {"hubs": 1, "contracts": 1},
+        "events": {
+            "created": {"at": seed_time(10), "by": dict(SYSTEM_USER)},
+            "updated": {"at": seed_time(10), "by": dict(SYSTEM_USER)},
+        },
+        "locales": [{"id": "EN", "name": "English"}],
+    }
+
+
+def tier_accounts() -> dict:
+    reseller = {
+        "id": "TA-0000-0000-0001",
+        "version": 1,
+        "name": "Demo Reseller",
+        "type": "reseller",
+        "db": "EU",
+        "external_id": "reseller-1",
+        "external_uid": det_uuid("tier-reseller-1"),
+        "parent": {},
+        "owner": {"id": PROVIDER["id"], "name": PROVIDER["name"], "icon": PROVIDER["icon"]},
+        "scopes": ["tier1"],
+        "hub": {"id": "HB-0000-0001", "name": "EU Hub"},
+        "tax_id": "ESB00000001",
+        "events": {
+            "created": {"at": seed_time(20), "by": dict(SYSTEM_USER)},
+            "updated": {"at": seed_time(20), "by": dict(SYSTEM_USER)},
+        },
+        "environment": "production",
+        "contact_info": contact_info("Rita", "Reseller", "rita@reseller.example", "Madrid", "ES"),
+    }
+    customer = {
+        "id": "TA-0000-0000-0002",
+        "version": 1,
+        "name": "Demo Customer",
+        "type": "customer",
+        "db": "EU",
+        "external_id": "customer-1",
+        "external_uid": det_uuid("tier-customer-1"),
+        "parent": {"id": reseller["id"], "name": reseller["name"], "external_id": reseller["external_id"]},
+        "owner": {"id": PROVIDER["id"], "name": PROVIDER["name"], "icon": PROVIDER["icon"]},
+        "scopes": ["customer"],
+        "hub": {"id": "HB-0000-0001", "name": "EU Hub"},
+        "tax_id": "ESB00000002",
+        "events": {
+            "created": {"at": seed_time(21), "by": dict(SYSTEM_USER)},
+            "updated": {"at": seed_time(21), "by": dict(SYSTEM_USER)},
+        },
+        "environment": "production",
+        "contact_info": contact_info("Carl", "Customer", "carl@customer.example", "Berlin", "DE"),
+    }
+    return {reseller["id"]: reseller, customer["id"]: customer}
+
+
+# (asset number, status, external_id, seats, purchase request status)
+DEMO_ASSETS = [
+    (1, "active", "sub-1001", 10, "approved"),
+    (2, "suspended", "sub-1002", 5, "approved"),
+    (3, "terminated", "sub-1003", 3, "approved"),
+    (4, "processing", "sub-1004", 7, "pending"),
+    (5, "active", "sub-dup", 2, "approved"),
+    (6, "active", "sub-dup", 4, "approved"),
+]
+
+
+def asset_id(n: int) -> str:
+    return f"AS-0000-0000-{n:04d}"
+
+
+def demo_assets() -> list[dict]:
+    """Seeded assets in the store's internal shape (see store.Store)."""
+    out = []
+    for n, status, ext_id, seats, req_status in DEMO_ASSETS:
+        aid = asset_id(n)
+        out.append(
+            {
+                "id": aid,
+                "status": status,
+                "external_id": ext_id,
+                "external_uid": det_uuid(f"asset-{aid}"),
+                "product_id": DEMO_PRODUCT,
+                "connection_id": "CT-0000-0000-0001",
+                "marketplace_id": "MP-00001",
+                "items": {f"{DEMO_PRODUCT}-0001": seats},
+                "params": [
+                    {
+                        "id": "seats_note",
+                        "title": "Seats note",
+                        "value": f"seeded {ext_id}",
+                        "type": "text",
+                        "scope": "asset",
+                        "phase": "ordering",
+                    }
+                ],
+                "tiers": {"customer": "TA-0000-0000-0002", "tier1": "TA-0000-0000-0001"},
+                "created": seed_time(30 + n),
+                "updated": seed_time(30 + n + (0 if req_status == "pending" else 5)),
+                "purchase_status": req_status,
+            }
+        )
+    return out
+
+
+# Records in generated files cycle over these assets of the file's product.
+RECORD_ASSETS = {
+    DEMO_PRODUCT: [asset_id(1), asset_id(5), asset_id(6), asset_id(2)],
+}
+# The Backup Vault product has no seeded asset; its (closed, historical) usage records refer to
+# assets that are no longer listed, as old files do in Connect.
+VAULT_RECORD_ASSETS = [
+    {"id": "AS-0000-0009-0001", "external_id": "vault-1", "external_uid": det_uuid("vault-1")},
+    {"id": "AS-0000-0009-0002", "external_id": "vault-ü-2", "external_uid": det_uuid("vault-2")},
+]
+
+# (id, product, status, period_from, period_to, records)
+DEMO_USAGE_FILES = [
+    ("UF-2026-10-0000000001", DEMO_PRODUCT, "ready", date(2026, 10, 1), date(2026, 10, 31), 50),
+    ("UF-2026-10-0000000002", DEMO_PRODUCT, "accepted", date(2026, 10, 1), date(2026, 10, 31), 20),
+    ("UF-2026-11-0000000003", DEMO_PRODUCT, "draft", date(2026, 11, 1), date(2026, 11, 30), 0),
+    ("UF-2026-09-0000000004", VAULT_PRODUCT, "closed", date(2026, 9, 1), date(2026, 9, 30), 30),
+]
+EDGE_FILE_ID = "UF-2026-09-0000000004"
+
+
+def edge_records(usagefile: dict, item: dict) -> list[dict]:
+    """30 closed records with the values exporters get wrong: nulls, unicode, extreme decimals."""
+    records = []
+    usages = [Decimal("123456789012.123456"), Decimal("0.000001"), Decimal("0"), Decimal("1.5")]
+    for i in range(30):
+        asset = VAULT_RECORD_ASSETS[i % 2]
+        day = date(2026, 9, 1) + timedelta(days=i % 30)
+        usage = usages[i] if i < len(usages) else Decimal(i) / Decimal(4)
+        if i == 0:
+            params: list[dict] = [{"parameter_name": "région", "parameter_value": "Zürich — 東京 ✓"}]
+        elif i == 4:
+            params = []
+        elif i == 5:
+            params = [{"parameter_name": "note", "parameter_value": None}]
+        else:
+            params = [{"parameter_name": "region", "parameter_value": "eu-west-1"}]
+        records.append(
+            {
+                "id": f"UR-{usagefile['id'].removeprefix('UF-')}-{i:07d}",
+                "start_date": f"{day.isoformat()}T00:00:00+00:00",
+                "end_date": f"{(day + timedelta(days=1)).isoformat()}T00:00:00+00:00",
+                "product_id": VAULT_PRODUCT,
+                "item": {
+                    "id": item["id"],
+                    "local_id": item["local_id"],
+                    "name": item["name"],
+                    "unit": item["unit"],
+                    "mpn": item["mpn"],
+                    "precision": item["precision"],
+                    "type": item["type"],
+                },
+                "asset": dict(asset),
+                "tier": 1,
+                "amount": None if i in (0, 2, 7) else (usage * Decimal("0.25")).quantize(Decimal("0.000001")),
+                "multiplier": 1,
+                "usage": usage,
+                "status": "closed",
+                "closed_at": "2026-10-02T08:00:00+00:00",
+                "closed_by": "SU-000-000-000",
+                "params": params,
+                "item_id": item["id"],
+                "asset_id": asset["id"],
+                "asset_external_id": asset["external_id"],
+                "asset_external_uid": asset["external_uid"],
+                "usagefile": dict(usagefile),
+                "resource_local_id": f"vault-res-{i:03d}",
+                "external_billing_id": f"INV-2026-09-{i:04d}",
+                "external_billing_note": "billed in the September invoice",
+                "category": "storage",
+            }
+        )
+    return records

@@ -1,0 +1,993 @@
+"""The sandbox's state and Connect's subscription-request lifecycle, behind one lock.
+
+uvicorn runs sync endpoints in a thread pool, so every read and write goes through ``Store.lock``.
+Objects are kept in an internal shape (ids pointing at each other) and rendered to Connect's
+response shapes on the way out, so a change to an asset shows in every request that embeds it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from datetime import date, datetime, timezone
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from . import seed
+from .usage import RECORD_STATUS_BY_FILE_STATUS, GeneratedRecords, RecordSource, StoredRecords
+
+OPEN_REQUEST_STATUSES = ("draft", "tiers_setup", "pending", "inquiring")
+REQUEST_TYPES = ("purchase", "change", "suspend", "resume", "cancel")
+# Asset statuses a request type may start from.
+ALLOWED_FROM = {
+    "change": ("active",),
+    "suspend": ("active",),
+    "resume": ("suspended",),
+    "cancel": ("active", "suspended"),
+}
+VENDOR_FAIL_REASON = "Vendor refused: the demo marks fail-* assets"
+FIRST_GENERATED_FILE = 9000000001
+
+
+class ApiError(Exception):
+    """An answer in Connect's error shape: ``{"error_code": ..., "errors": [...]}``."""
+
+    def __init__(self, status: int, error_code: str, *errors: str) -> None:
+        super().__init__(f"{status} {error_code}: {'; '.join(errors)}")
+        self.status = status
+        self.error_code = error_code
+        self.errors = list(errors)
+
+    def body(self) -> dict:
+        return {"error_code": self.error_code, "errors": self.errors}
+
+
+def bad(*errors: str, code: str = "VAL_001") -> ApiError:
+    return ApiError(400, code, *errors)
+
+
+def not_found(kind: str, oid: str) -> ApiError:
+    return ApiError(404, "NFND_001", f"{kind} {oid} not found.")
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+
+
+class Store:
+    def __init__(
+        self,
+        seed_name: str = "demo",
+        auto_approve_delay: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.lock = threading.RLock()
+        self.clock = clock
+        self.initial_seed = seed_name
+        self.initial_delay = float(auto_approve_delay)
+        self.usage_records_arg = 0
+        self.reset()
+
+    # ----------------------------------------------------------------------------- state
+    def reset(self, seed_name: str | None = None, auto_approve_delay: float | None = None) -> None:
+        """Back to a seed; what is not given comes from the start-up flags, not the last reset."""
+        seed_name = self.initial_seed if seed_name is None else seed_name
+        if seed_name not in ("demo", "empty"):
+            raise bad(f"seed: unknown seed {seed_name!r}; use 'demo' or 'empty'.")
+        with self.lock:
+            self.seed_name = seed_name
+            self.auto_approve_delay = (
+                self.initial_delay if auto_approve_delay is None else float(auto_approve_delay)
+            )
+            cat = seed.catalogue()
+            self.products: dict[str, dict] = cat["products"]
+            self.hubs: dict[str, dict] = cat["hubs"]
+            self.marketplaces: dict[str, dict] = cat["marketplaces"]
+            self.connections: dict[str, dict] = cat["connections"]
+            self.tier_accounts: dict[str, dict] = {}
+            self.assets: dict[str, dict] = {}
+            self.requests: dict[str, dict] = {}
+            self.usage_files: dict[str, dict] = {}
+            self.record_sources: dict[str, RecordSource] = {}
+            self.asset_counter = itertools.count(1)
+            self.tier_counter = itertools.count(1)
+            self.file_counter = itertools.count(FIRST_GENERATED_FILE)
+            self.stats_created: Counter[str] = Counter()
+            self.calls: Counter[str] = Counter()
+            self.faults: Counter[str] = Counter({"429": 0, "500": 0, "drop": 0})
+            if self.seed_name == "demo":
+                self._load_demo()
+            if self.usage_records_arg:
+                self.add_usage_file(self.usage_records_arg)
+
+    def _load_demo(self) -> None:
+        self.tier_accounts = seed.tier_accounts()
+        self.tier_counter = itertools.count(len(self.tier_accounts) + 1)
+        for a in seed.demo_assets():
+            purchase_status = a.pop("purchase_status")
+            self.assets[a["id"]] = a
+            next(self.asset_counter)
+            product = self.products[a["product_id"]]
+            self._add_request(
+                a,
+                "purchase",
+                [self._request_item(product, gid, q, 0) for gid, q in a["items"].items()],
+                status=purchase_status,
+                created=a["created"],
+                updated=a["updated"],
+                auto=False,
+                template=None if purchase_status == "pending" else product["templates"][0],
+            )
+        for fid, product_id, status, pfrom, pto, count in seed.DEMO_USAGE_FILES:
+            self._create_usage_file(
+                fid, product_id, status, pfrom, pto, count, edge=(fid == seed.EDGE_FILE_ID)
+            )
+
+    # ----------------------------------------------------------------------------- usage files
+    def add_usage_file(
+        self,
+        records: int,
+        product_id: str = seed.DEMO_PRODUCT,
+        status: str = "ready",
+        period_from: str | date = "2026-10-01",
+        period_to: str | date = "2026-10-31",
+    ) -> dict:
+        with self.lock:
+            if product_id not in self.products:
+                raise bad(f"product_id: product {product_id} does not exist.")
+            if status not in RECORD_STATUS_BY_FILE_STATUS:
+                raise bad(f"status: unknown usage file status {status!r}.")
+            if not isinstance(records, int) or records < 0:
+                raise bad("records: must be an integer >= 0.")
+            try:
+                pfrom = period_from if isinstance(period_from, date) else date.fromisoformat(period_from)
+                pto = period_to if isinstance(period_to, date) else date.fromisoformat(period_to)
+            except ValueError as exc:
+                raise bad(f"period_from/period_to: {exc}") from exc
+            if pto < pfrom:
+                raise bad("period_to: must not be before period_from.")
+            fid = f"UF-{pfrom.year:04d}-{pfrom.month:02d}-{next(self.file_counter):010d}"
+            self._create_usage_file(fid, product_id, status, pfrom, pto, records, edge=False)
+            return self.render_usage_file(fid, detail=True)
+
+    def _create_usage_file(
+        self, fid: str, product_id: str, status: str, pfrom: date, pto: date, count: int, edge: bool
+    ) -> None:
+        product = self.products[product_id]
+        marketplace = self.marketplaces["MP-00001"]
+        currency = marketplace["currency"]
+        name = f"{product['name']} usage {pfrom.isoformat()}..{pto.isoformat()}"[:100]
+        usagefile = {"id": fid, "name": name, "schema": "qt", "currency": currency}
+        record_status = RECORD_STATUS_BY_FILE_STATUS[status]
+        if edge:
+            source: RecordSource = StoredRecords.of(seed.edge_records(usagefile, product["items"][0]))
+        else:
+            assets = [
+                {
+                    "id": aid,
+                    "external_id": self.assets[aid]["external_id"] if aid in self.assets else aid,
+                    "external_uid": self.assets[aid]["external_uid"]
+                    if aid in self.assets
+                    else seed.det_uuid(aid),
+                }
+                for aid in seed.RECORD_ASSETS.get(product_id, [])
+            ] or seed.VAULT_RECORD_ASSETS
+            source = GeneratedRecords(
+                count=count,
+                file_id=fid,
+                items=product["items"],
+                assets=assets,
+                product_id=product_id,
+                usagefile=usagefile,
+                period_from=pfrom,
+                period_days=(pto - pfrom).days + 1,
+                status=record_status,
+            )
+        n = len(self.usage_files)
+        created = seed.seed_time(24 * 60 * 40 + n)
+        events: dict[str, Any] = {
+            "created": {"at": created, "by": {"id": seed.SYSTEM_USER["id"], "name": seed.SYSTEM_USER["name"]}}
+        }
+        if status not in ("draft",):
+            events["uploaded"] = {"at": created, "by": {"id": seed.VENDOR["id"], "name": seed.VENDOR["name"]}}
+        if status in ("pending", "accepted", "closed"):
+            events["submitted"] = {
+                "at": created,
+                "by": {"id": seed.VENDOR["id"], "name": seed.VENDOR["name"]},
+            }
+        if status in ("accepted", "closed"):
+            events["accepted"] = {
+                "at": created,
+                "by": {"id": seed.PROVIDER["id"], "name": seed.PROVIDER["name"]},
+            }
+        if status == "closed":
+            events["closed"] = {
+                "at": created,
+                "by": {"id": seed.PROVIDER["id"], "name": seed.PROVIDER["name"]},
+            }
+        self.usage_files[fid] = {
+            "id": fid,
+            "name": name,
+            "description": f"Usage of {product['name']} for {pfrom:%B %Y}",
+            "note": "",
+            "external_id": f"ext-{fid.lower()}",
+            "status": status,
+            "vendor": dict(seed.VENDOR),
+            "provider": dict(seed.PROVIDER),
+            "environment": "production",
+            "marketplace": {
+                "id": marketplace["id"],
+                "name": marketplace["name"],
+                "icon": marketplace["icon"],
+            },
+            "contract": {"id": seed.CONTRACT["id"], "name": seed.CONTRACT["name"]},
+            "product": {"id": product_id, "name": product["name"], "icon": product["icon"]},
+            "error_detail": None,
+            "acceptance_note": "Accepted by the demo provider" if status in ("accepted", "closed") else None,
+            "rejection_note": None,
+            "schema": "qt",
+            "currency": currency,
+            "period": {"from": pfrom.isoformat(), "to": pto.isoformat()},
+            "events": events,
+            "_count": source.count,
+            "_record_status": record_status,
+        }
+        self.record_sources[fid] = source
+
+    def render_usage_file(self, fid: str, detail: bool = False) -> dict:
+        f = self.usage_files.get(fid)
+        if f is None:
+            raise not_found("Usage file", fid)
+        count = f["_count"]
+        rs = f["_record_status"]
+        out = {k: v for k, v in f.items() if not k.startswith("_")}
+        out["stats"] = {
+            "uploaded": count,
+            "validated": count if rs in ("valid", "approved", "closed") else 0,
+            "pending": count if f["status"] == "pending" else 0,
+            "accepted": count if rs in ("approved", "closed") else 0,
+            "closed": count if rs == "closed" else 0,
+            "billed": count if rs == "closed" else 0,
+        }
+        if detail:
+            if f["status"] != "draft":  # nullable in the spec, but null is not in its enum: omitted
+                out["sub_status"] = "processed"
+            out["usage_file_uri"] = f"/files/usage/{fid}/upload.xlsx"
+            out["processed_file_uri"] = f"/files/usage/{fid}/processed.xlsx"
+            out["reconciliation_file_uri"] = f"/files/usage/{fid}/reconciliation.xlsx"
+            out["records"] = {
+                "valid": count if rs in ("valid", "approved") else 0,
+                "invalid": count if rs == "invalid" else 0,
+                "closed": count if rs == "closed" else 0,
+            }
+            # start_datetime_utc / end_datetime_utc are writeOnly in usage.UsageFileDetail: not sent.
+        return out
+
+    # ----------------------------------------------------------------------------- rendering
+    def render_connection(self, cid: str, embedded: bool = False) -> dict:
+        c = self.connections[cid]
+        hub = self.hubs[c["hub_id"]]
+        out = {
+            "id": c["id"],
+            "type": c["type"],
+            "status": c["status"],
+            "provider": dict(seed.PROVIDER),
+            "vendor": dict(seed.VENDOR),
+            "hub": {"id": hub["id"], "name": hub["name"]},
+            "created_at": c["created_at"],
+        }
+        if not embedded:
+            out["hub"]["instance"] = dict(hub["instance"])
+            out["product"] = {"id": c["product_id"], "name": self.products[c["product_id"]]["name"]}
+            out["events"] = {"created": {"at": c["created_at"], "by": dict(seed.SYSTEM_USER)}}
+            out["note"] = None
+        return out
+
+    def _tier_ref(self, ta_id: str) -> dict:
+        ta = self.tier_accounts[ta_id]
+        return {
+            "id": ta["id"],
+            "external_id": ta["external_id"],
+            "external_uid": ta["external_uid"],
+            "name": ta["name"],
+            "tax_id": ta["tax_id"],
+            "contact_info": ta["contact_info"],
+        }
+
+    def _asset_common(self, a: dict) -> dict:
+        product = self.products[a["product_id"]]
+        mp = self.marketplaces[a["marketplace_id"]]
+        return {
+            "id": a["id"],
+            "status": a["status"],
+            "external_id": a["external_id"],
+            "external_uid": a["external_uid"],
+            "product": {
+                "id": product["id"],
+                "icon": product["icon"],
+                "name": product["name"],
+                "status": product["status"],
+            },
+            "connection": self.render_connection(a["connection_id"], embedded=True),
+            "events": {"created": {"at": a["created"]}, "updated": {"at": a["updated"]}},
+            "params": [dict(p) for p in a["params"]],
+            "tiers": {k: self._tier_ref(v) for k, v in a["tiers"].items()},
+            "configuration": {"params": []},
+            "marketplace": {"id": mp["id"], "name": mp["name"], "icon": mp["icon"]},
+            "contract": dict(seed.CONTRACT),
+        }
+
+    def render_asset(self, aid: str, with_pending: bool = False) -> dict:
+        a = self.assets.get(aid)
+        if a is None:
+            raise not_found("Asset", aid)
+        product = self.products[a["product_id"]]
+        out = self._asset_common(a)
+        out["items"] = [
+            {
+                "id": it["id"],  # the spec's dp.Subscription lists the item's global id here
+                "global_id": it["id"],
+                "local_id": it["local_id"],
+                "mpn": it["mpn"],
+                "display_name": it["display_name"],
+                "item_type": it["item_type"],
+                "period": it["period"],
+                # dp.Subscription declares items[].quantity as a number (request objects: string).
+                "quantity": a["items"][it["id"]],
+            }
+            for it in product["items"]
+            if it["id"] in a["items"]
+        ]
+        if with_pending:
+            pending = self._open_request_of(aid)
+            if pending is not None:
+                out["pending_request"] = {
+                    "id": pending["id"],
+                    "type": pending["type"],
+                    "status": pending["status"],
+                }
+        return out
+
+    def render_request(self, rid: str) -> dict:
+        r = self.requests.get(rid)
+        if r is None:
+            raise not_found("Request", rid)
+        a = self.assets[r["asset_id"]]
+        asset = self._asset_common(a)
+        asset["items"] = [dict(it) for it in r["items"]]
+        mp = self.marketplaces[r["marketplace_id"]]
+        out: dict[str, Any] = {
+            "id": r["id"],
+            "type": r["type"],
+            "note": r["note"],
+            "reason": r["reason"],
+            "created": r["created"],
+            "updated": r["updated"],
+            "effective_date": r["effective_date"],
+            "answered": r["status"] in ("approved", "failed"),
+            "assignee": "",
+            "activation_key": r["activation_key"],
+            "marketplace": {"id": mp["id"], "name": mp["name"], "icon": mp["icon"]},
+            "status": r["status"],
+            "asset": asset,
+            "contract": {"id": seed.CONTRACT["id"], "name": seed.CONTRACT["name"]},
+        }
+        if r["template"] is not None:
+            out["template"] = dict(r["template"])
+        if r["previous_approved_request"]:
+            out["previous_approved_request"] = {"id": r["previous_approved_request"]}
+        return out
+
+    def render_tier_account(self, ta: dict) -> dict:
+        return ta
+
+    # ----------------------------------------------------------------------------- listing
+    def list_objects(self, kind: str, product_id: str | None = None) -> list[dict]:
+        """Everything of one kind, rendered; filtering and paging happen in the app."""
+        with self.lock:
+            self.auto_decide()
+            if kind == "requests":
+                return [self.render_request(rid) for rid in self.requests]
+            if kind == "assets":
+                return [self.render_asset(aid) for aid in self.assets]
+            if kind == "tier_accounts":
+                return list(self.tier_accounts.values())
+            if kind == "marketplaces":
+                return list(self.marketplaces.values())
+            if kind == "hubs":
+                return list(self.hubs.values())
+            if kind == "connections":
+                self.product(product_id or "")
+                return [
+                    self.render_connection(c["id"])
+                    for c in self.connections.values()
+                    if c["product_id"] == product_id
+                ]
+            if kind == "templates":
+                return list(self.product(product_id or "")["templates"])
+            if kind == "usage_files":
+                return [self.render_usage_file(fid) for fid in self.usage_files]
+            raise KeyError(kind)
+
+    def product(self, product_id: str) -> dict:
+        p = self.products.get(product_id)
+        if p is None:
+            raise not_found("Product", product_id)
+        return p
+
+    def get(self, kind: str, oid: str, **kw: Any) -> dict:
+        with self.lock:
+            self.auto_decide()
+            if kind == "requests":
+                return self.render_request(oid)
+            if kind == "assets":
+                return self.render_asset(oid, **kw)
+            if kind == "usage_files":
+                return self.render_usage_file(oid, detail=True)
+            raise KeyError(kind)
+
+    # ----------------------------------------------------------------------------- requests
+    def _next_request_id(self, a: dict) -> str:
+        a["_requests"] = a.get("_requests", 0) + 1
+        return f"PR-{a['id'].removeprefix('AS-')}-{a['_requests']:03d}"
+
+    def _request_item(self, product: dict, gid: str, quantity: int, old_quantity: int) -> dict:
+        it = next(i for i in product["items"] if i["id"] == gid)
+        return {
+            "id": it["local_id"],
+            "global_id": it["id"],
+            "mpn": it["mpn"],
+            "old_quantity": str(old_quantity),
+            "quantity": str(quantity),
+            "type": it["type"],
+            "display_name": it["display_name"],
+            "period": it["period"].lower(),
+            "item_type": it["item_type"],
+        }
+
+    def _add_request(
+        self,
+        a: dict,
+        rtype: str,
+        items: list[dict],
+        *,
+        status: str = "pending",
+        created: str | None = None,
+        updated: str | None = None,
+        auto: bool = True,
+        template: dict | None = None,
+        note: str = "",
+        previous_status: str | None = None,
+    ) -> dict:
+        rid = self._next_request_id(a)
+        ts = created or now_iso()
+        previous = None
+        for other in reversed(list(self.requests.values())):
+            if other["asset_id"] == a["id"] and other["status"] == "approved":
+                previous = other["id"]
+                break
+        r = {
+            "id": rid,
+            "type": rtype,
+            "status": status,
+            "asset_id": a["id"],
+            "marketplace_id": a["marketplace_id"],
+            "items": items,
+            "note": note,
+            "reason": "",
+            "created": ts,
+            "updated": updated or ts,
+            # Not nullable in the spec; Connect fills it from creation until a decision sets it.
+            "effective_date": ts,
+            "activation_key": f"Activated via template {template['id']}" if template else "",
+            "template": {"id": template["id"], "name": template["name"]} if template else None,
+            "previous_approved_request": previous,
+            "auto": auto,
+            "created_mono": self.clock(),
+            "decided": not auto,
+            "previous_asset_status": previous_status,
+        }
+        self.requests[rid] = r
+        return r
+
+    def _open_request_of(self, aid: str) -> dict | None:
+        for r in self.requests.values():
+            if r["asset_id"] == aid and r["status"] in OPEN_REQUEST_STATUSES:
+                return r
+        return None
+
+    def create_request(self, payload: Any) -> dict:
+        with self.lock:
+            self.auto_decide()
+            if not isinstance(payload, dict):
+                raise bad("The request body must be a JSON object.")
+            rtype = payload.get("type")
+            if rtype not in REQUEST_TYPES:
+                raise bad(f"type: must be one of {', '.join(REQUEST_TYPES)} (got {rtype!r}).")
+            asset_in = payload.get("asset")
+            if not isinstance(asset_in, dict):
+                raise bad("asset: This field is required and must be an object.")
+            if rtype == "purchase":
+                r = self._create_purchase(payload, asset_in)
+            else:
+                r = self._create_on_existing(rtype, payload, asset_in)
+            self.stats_created[rtype] += 1
+            return self.render_request(r["id"])
+
+    # purchase --------------------------------------------------------------------------
+    def _create_purchase(self, payload: dict, asset_in: dict) -> dict:
+        external_id = asset_in.get("external_id")
+        if not isinstance(external_id, str) or not external_id.strip():
+            raise bad("asset.external_id: This field is required for a purchase.")
+        if len(external_id) > 100:
+            raise bad("asset.external_id: Ensure this field has no more than 100 characters.")
+        external_uid = asset_in.get("external_uid")
+        if external_uid is not None and (not isinstance(external_uid, str) or len(external_uid) > 100):
+            raise bad("asset.external_uid: must be a string of at most 100 characters.")
+        connection, marketplace = self._resolve_connection(payload, asset_in)
+        product = self.products[connection["product_id"]]
+        items = self._parse_items(asset_in.get("items"), product, required=True)
+        tiers = self._resolve_tiers(asset_in.get("tiers"), connection["hub_id"])
+        params = self._parse_params(asset_in.get("params"))
+        n = next(self.asset_counter)
+        aid = seed.asset_id(n)
+        ts = now_iso()
+        a = {
+            "id": aid,
+            "status": "processing",
+            "external_id": external_id,
+            "external_uid": external_uid or seed.det_uuid(f"asset-{aid}"),
+            "product_id": product["id"],
+            "connection_id": connection["id"],
+            "marketplace_id": marketplace["id"],
+            "items": dict(items),
+            "params": params,
+            "tiers": tiers,
+            "created": ts,
+            "updated": ts,
+        }
+        self.assets[aid] = a
+        req_items = [self._request_item(product, gid, q, 0) for gid, q in items.items()]
+        return self._add_request(a, "purchase", req_items, note=str(payload.get("note") or ""))
+
+    def _resolve_connection(self, payload: dict, asset_in: dict) -> tuple[dict, dict]:
+        conn_in = asset_in.get("connection") or {}
+        if not isinstance(conn_in, dict):
+            raise bad("asset.connection: must be an object.")
+        product_in = asset_in.get("product") or {}
+        product_id = product_in.get("id") if isinstance(product_in, dict) else None
+        mp_in = payload.get("marketplace") or asset_in.get("marketplace") or {}
+        mp_id = mp_in.get("id") if isinstance(mp_in, dict) else None
+        marketplace = None
+        if mp_id is not None:
+            marketplace = self.marketplaces.get(mp_id)
+            if marketplace is None:
+                raise bad(f"marketplace.id: marketplace {mp_id} does not exist.")
+        if product_id is not None and product_id not in self.products:
+            raise bad(f"asset.product.id: product {product_id} does not exist.")
+        cid = conn_in.get("id")
+        if cid:
+            connection = self.connections.get(cid)
+            if connection is None:
+                raise bad(f"asset.connection.id: connection {cid} does not exist.")
+            if product_id and connection["product_id"] != product_id:
+                raise bad(
+                    f"asset.connection.id: connection {cid} is not a connection of product {product_id}."
+                )
+        else:
+            if not product_id or marketplace is None:
+                raise bad(
+                    "asset.connection.id: required, or give asset.product.id, asset.connection.type and "
+                    "marketplace.id so the connection can be resolved."
+                )
+            ctype = conn_in.get("type") or "production"
+            hub_ids = {h["hub"]["id"] for h in marketplace["hubs"]}
+            found = [
+                c
+                for c in self.connections.values()
+                if c["product_id"] == product_id and c["type"] == ctype and c["hub_id"] in hub_ids
+            ]
+            if not found:
+                raise bad(
+                    f"asset.connection: product {product_id} has no {ctype} connection on the hubs of "
+                    f"marketplace {marketplace['id']}."
+                )
+            if len(found) > 1:
+                raise bad(
+                    f"asset.connection: product {product_id} has several {ctype} connections on the hubs "
+                    f"of marketplace {marketplace['id']} ({', '.join(c['id'] for c in found)}); "
+                    "give asset.connection.id."
+                )
+            connection = found[0]
+        if marketplace is None:
+            marketplace = next(
+                (
+                    m
+                    for m in self.marketplaces.values()
+                    if any(h["hub"]["id"] == connection["hub_id"] for h in m["hubs"])
+                ),
+                None,
+            )
+            if marketplace is None:
+                raise bad("marketplace.id: no marketplace serves the connection's hub; give marketplace.id.")
+        elif not any(h["hub"]["id"] == connection["hub_id"] for h in marketplace["hubs"]):
+            raise bad(
+                f"marketplace.id: marketplace {marketplace['id']} is not served by hub "
+                f"{connection['hub_id']} of connection {connection['id']}."
+            )
+        return connection, marketplace
+
+    def _resolve_tiers(self, tiers_in: Any, hub_id: str) -> dict:
+        if not isinstance(tiers_in, dict):
+            raise bad("asset.tiers: This field is required (tier1 and customer).")
+        out = {}
+        for level in ("customer", "tier1", "tier2"):
+            t = tiers_in.get(level)
+            if level in ("customer", "tier1") and not t:
+                raise bad(f"asset.tiers.{level}: This field is required.")
+            if not t:
+                continue
+            if not isinstance(t, dict):
+                raise bad(f"asset.tiers.{level}: must be an object.")
+            out[level] = self._tier_account_for(level, t, hub_id)
+        return out
+
+    def _tier_account_for(self, level: str, t: dict, hub_id: str) -> str:
+        if t.get("id"):
+            if t["id"] not in self.tier_accounts:
+                raise bad(f"asset.tiers.{level}.id: tier account {t['id']} does not exist.")
+            return t["id"]
+        ext_uid, ext_id = t.get("external_uid"), t.get("external_id")
+        if not ext_id and not ext_uid:
+            raise bad(f"asset.tiers.{level}: give id, or external_id (and optionally external_uid).")
+        for ta in self.tier_accounts.values():
+            if (ext_uid and ta["external_uid"] == ext_uid) or (
+                not ext_uid and ext_id and ta["external_id"] == ext_id
+            ):
+                return ta["id"]
+        if not t.get("name"):
+            raise bad(f"asset.tiers.{level}.name: This field is required for a new tier account.")
+        contact = t.get("contact_info")
+        if not isinstance(contact, dict):
+            raise bad(f"asset.tiers.{level}.contact_info: This field is required for a new tier account.")
+        tid = f"TA-0000-0000-{next(self.tier_counter):04d}"
+        hub = self.hubs[hub_id]
+        ts = now_iso()
+        self.tier_accounts[tid] = {
+            "id": tid,
+            "version": 1,
+            "name": str(t["name"]),
+            "type": "customer" if level == "customer" else "reseller",
+            "db": "EU",
+            "external_id": ext_id,
+            "external_uid": ext_uid or seed.det_uuid(f"tier-{tid}"),
+            "parent": {},
+            "owner": {
+                "id": seed.PROVIDER["id"],
+                "name": seed.PROVIDER["name"],
+                "icon": seed.PROVIDER["icon"],
+            },
+            "scopes": ["customer" if level == "customer" else level],
+            "hub": {"id": hub["id"], "name": hub["name"]},
+            "tax_id": str(t.get("tax_id") or ""),
+            "events": {
+                "created": {"at": ts, "by": dict(seed.SYSTEM_USER)},
+                "updated": {"at": ts, "by": dict(seed.SYSTEM_USER)},
+            },
+            "environment": "production",
+            "contact_info": contact,
+        }
+        return tid
+
+    def _parse_params(self, params_in: Any) -> list[dict]:
+        if params_in is None:
+            return []
+        if not isinstance(params_in, list):
+            raise bad("asset.params: must be a list of {id, value}.")
+        out = []
+        for n, p in enumerate(params_in):
+            if not isinstance(p, dict) or not p.get("id"):
+                raise bad(f"asset.params[{n}].id: This field is required.")
+            value = p.get("value")
+            out.append(
+                {
+                    "id": str(p["id"]),
+                    "title": str(p["id"]),
+                    "value": "" if value is None else str(value),
+                    "type": "text",
+                    "scope": "asset",
+                    "phase": "ordering",
+                }
+            )
+        return out
+
+    def _parse_items(self, items_in: Any, product: dict, required: bool) -> dict[str, int]:
+        if items_in is None or items_in == []:
+            if required:
+                raise bad("asset.items: at least one item is required.")
+            return {}
+        if not isinstance(items_in, list):
+            raise bad("asset.items: must be a list of {id or global_id, quantity}.")
+        by_key = {}
+        for it in product["items"]:
+            by_key[it["id"]] = it["id"]
+            by_key[it["local_id"]] = it["id"]
+        out: dict[str, int] = {}
+        for n, it in enumerate(items_in):
+            if not isinstance(it, dict):
+                raise bad(f"asset.items[{n}]: must be an object.")
+            key = it.get("id") or it.get("global_id")
+            if not key:
+                raise bad(f"asset.items[{n}].id: This field is required (id or global_id).")
+            gid = by_key.get(str(key))
+            if gid is None:
+                raise bad(f"asset.items[{n}].id: item {key} does not belong to product {product['id']}.")
+            if gid in out:
+                raise bad(f"asset.items[{n}].id: item {key} is listed more than once.")
+            out[gid] = _quantity(it.get("quantity"), f"asset.items[{n}].quantity")
+        return out
+
+    # change / suspend / resume / cancel ------------------------------------------------------
+    def _find_asset(self, asset_in: dict) -> dict:
+        aid = asset_in.get("id")
+        ext_id = asset_in.get("external_id")
+        ext_uid = asset_in.get("external_uid")
+        product_in = asset_in.get("product")
+        product_id = product_in.get("id") if isinstance(product_in, dict) else None
+        if aid:
+            a = self.assets.get(aid)
+            if a is None:
+                raise bad(f"asset.id: asset {aid} does not exist.")
+            if ext_id and a["external_id"] != ext_id:
+                raise bad(f"asset.external_id: asset {aid} has external_id {a['external_id']}, not {ext_id}.")
+            if ext_uid and a["external_uid"] != ext_uid:
+                raise bad(
+                    f"asset.external_uid: asset {aid} has external_uid {a['external_uid']}, not {ext_uid}."
+                )
+            return a
+        if not ext_id and not ext_uid:
+            raise bad("asset.id: This field is required (or asset.external_id / asset.external_uid).")
+        found = [
+            a
+            for a in self.assets.values()
+            if (not ext_id or a["external_id"] == ext_id)
+            and (not ext_uid or a["external_uid"] == ext_uid)
+            and (not product_id or a["product_id"] == product_id)
+        ]
+        if not found:
+            raise bad("asset: no asset with " + _describe(ext_id, ext_uid) + ".")
+        live = [a for a in found if a["status"] != "terminated"] if len(found) > 1 else found
+        if len(live) > 1:
+            raise bad(
+                "asset: several assets match "
+                + _describe(ext_id, ext_uid)
+                + " ("
+                + ", ".join(a["id"] for a in live)
+                + "); give asset.id or asset.external_uid."
+            )
+        return (live or found)[0]
+
+    def _create_on_existing(self, rtype: str, payload: dict, asset_in: dict) -> dict:
+        a = self._find_asset(asset_in)
+        allowed = ALLOWED_FROM[rtype]
+        if a["status"] not in allowed:
+            raise bad(
+                f"asset: a {rtype} request needs an asset in status {' or '.join(allowed)}; "
+                f"asset {a['id']} is {a['status']}.",
+                code="REQ_003",
+            )
+        pending = self._open_request_of(a["id"])
+        if pending is not None:
+            raise bad(
+                f"asset: asset {a['id']} already has the open request {pending['id']} "
+                f"({pending['type']}, {pending['status']}).",
+                code="REQ_004",
+            )
+        product = self.products[a["product_id"]]
+        if rtype == "change":
+            changes = self._parse_items(asset_in.get("items"), product, required=True)
+            target = dict(a["items"])
+            target.update(changes)
+            items = [
+                self._request_item(product, gid, target[gid], a["items"].get(gid, 0))
+                for gid in (i["id"] for i in product["items"])
+                if gid in target
+            ]
+        else:
+            items = [self._request_item(product, gid, q, q) for gid, q in a["items"].items()]
+        previous_status = a["status"]
+        r = self._add_request(
+            a, rtype, items, note=str(payload.get("note") or ""), previous_status=previous_status
+        )
+        if rtype == "cancel":
+            a["status"] = "terminating"
+        a["updated"] = r["created"]
+        return r
+
+    # actions -------------------------------------------------------------------------------
+    def approve(self, rid: str, body: Any) -> dict:
+        with self.lock:
+            self.auto_decide()
+            r = self._request_for_action(rid)
+            body = body if isinstance(body, dict) else {}
+            if r["status"] != "pending":
+                raise bad(
+                    f"Request {rid} is {r['status']}; only pending requests can be approved.", code="REQ_001"
+                )
+            template_id = body.get("template_id")
+            tile = body.get("activation_tile")
+            product = self.products[self.assets[r["asset_id"]]["product_id"]]
+            template = None
+            if template_id:
+                template = next((t for t in product["templates"] if t["id"] == template_id), None)
+                if template is None:
+                    raise bad(
+                        f"template_id: template {template_id} is not a template of product {product['id']}."
+                    )
+            elif not tile:
+                raise bad("template_id: you must provide either a template_id or an activation_tile.")
+            effective = body.get("effective_date")
+            self._approve(r, template, str(tile) if tile else None, effective)
+            return self.render_request(rid)
+
+    def fail(self, rid: str, body: Any) -> dict:
+        with self.lock:
+            self.auto_decide()
+            r = self._request_for_action(rid)
+            body = body if isinstance(body, dict) else {}
+            reason = body.get("reason")
+            if not isinstance(reason, str) or not reason.strip():
+                raise bad("reason: This field is required.")
+            if r["status"] not in ("pending", "inquiring"):
+                raise bad(
+                    f"Request {rid} is {r['status']}; only pending or inquiring requests can be failed.",
+                    code="REQ_001",
+                )
+            self._fail(r, reason)
+            return self.render_request(rid)
+
+    def inquire(self, rid: str, body: Any) -> dict:
+        with self.lock:
+            self.auto_decide()
+            r = self._request_for_action(rid)
+            body = body if isinstance(body, dict) else {}
+            if r["status"] != "pending":
+                raise bad(
+                    f"Request {rid} is {r['status']}; only pending requests can be inquired.", code="REQ_001"
+                )
+            template_id = body.get("template_id")
+            if template_id:
+                product = self.products[self.assets[r["asset_id"]]["product_id"]]
+                if not any(t["id"] == template_id for t in product["templates"]):
+                    raise bad(
+                        f"template_id: template {template_id} is not a template of product {product['id']}."
+                    )
+            self._inquire(r)
+            return self.render_request(rid)
+
+    def pend(self, rid: str) -> dict:
+        with self.lock:
+            self.auto_decide()
+            r = self._request_for_action(rid)
+            if r["status"] != "inquiring":
+                raise bad(
+                    f"Request {rid} is {r['status']}; only inquiring requests can be set to pending.",
+                    code="REQ_001",
+                )
+            r["status"] = "pending"
+            r["updated"] = now_iso()
+            return self.render_request(rid)
+
+    def _request_for_action(self, rid: str) -> dict:
+        r = self.requests.get(rid)
+        if r is None:
+            raise not_found("Request", rid)
+        return r
+
+    def _approve(self, r: dict, template: dict | None, tile: str | None, effective: Any) -> None:
+        a = self.assets[r["asset_id"]]
+        ts = now_iso()
+        if r["type"] in ("purchase", "change"):
+            a["items"] = {it["global_id"]: int(it["quantity"]) for it in r["items"]}
+        if r["type"] == "purchase":
+            a["status"] = "active"
+        elif r["type"] == "suspend":
+            a["status"] = "suspended"
+        elif r["type"] == "resume":
+            a["status"] = "active"
+        elif r["type"] == "cancel":
+            a["status"] = "terminated"
+        a["updated"] = ts
+        r["status"] = "approved"
+        r["updated"] = ts
+        r["effective_date"] = str(effective) if effective else ts
+        if template is not None:
+            r["template"] = {"id": template["id"], "name": template["name"]}
+            r["activation_key"] = template["body"]
+        else:
+            r["activation_key"] = tile or ""
+
+    def _fail(self, r: dict, reason: str) -> None:
+        a = self.assets[r["asset_id"]]
+        ts = now_iso()
+        if r["type"] == "purchase":
+            a["status"] = "terminated"
+        elif r["type"] == "cancel" and r["previous_asset_status"]:
+            a["status"] = r["previous_asset_status"]
+        a["updated"] = ts
+        r["status"] = "failed"
+        r["reason"] = reason
+        r["updated"] = ts
+
+    def _inquire(self, r: dict) -> None:
+        r["status"] = "inquiring"
+        r["updated"] = now_iso()
+
+    def auto_decide(self) -> None:
+        """The vendor's decision on requests made through the API, once their delay has passed."""
+        if self.auto_approve_delay < 0:
+            return
+        now = self.clock()
+        for r in self.requests.values():
+            if r["decided"] or r["status"] != "pending":
+                continue
+            if now - r["created_mono"] < self.auto_approve_delay:
+                continue
+            r["decided"] = True
+            a = self.assets[r["asset_id"]]
+            ext = a["external_id"] or ""
+            if ext.startswith("fail-"):
+                self._fail(r, VENDOR_FAIL_REASON)
+            elif ext.startswith("inquire-"):
+                self._inquire(r)
+            else:
+                product = self.products[a["product_id"]]
+                template = next((t for t in product["templates"] if t["type"] == "fulfillment"), None)
+                self._approve(r, template, None, None)
+
+    # ----------------------------------------------------------------------------- stats
+    def stats(self) -> dict:
+        with self.lock:
+            return {
+                "requests_created": sum(self.stats_created.values()),
+                "requests_by_type": dict(self.stats_created),
+                "calls": sum(self.calls.values()),
+                "calls_by_route": dict(self.calls),
+                "faults_injected": dict(self.faults),
+            }
+
+    def count_call(self, route: str) -> None:
+        with self.lock:
+            self.calls[route] += 1
+
+    def count_fault(self, kind: str) -> None:
+        with self.lock:
+            self.faults[kind] += 1
+
+
+def _describe(ext_id: str | None, ext_uid: str | None) -> str:
+    parts = []
+    if ext_id:
+        parts.append(f"external_id {ext_id}")
+    if ext_uid:
+        parts.append(f"external_uid {ext_uid}")
+    return " and ".join(parts)
+
+
+def _quantity(value: Any, field: str) -> int:
+    """Connect takes quantities as numbers or strings; reservation quantities are whole, -1 = unlimited."""
+    if value is None or isinstance(value, bool):
+        raise bad(f"{field}: This field is required (an integer >= 0, or -1 for unlimited).")
+    try:
+        d = Decimal(str(value).strip())
+    except InvalidOperation:
+        raise bad(f"{field}: {value!r} is not a number.") from None
+    if not d.is_finite() or d != d.to_integral_value():
+        raise bad(f"{field}: {value!r} is not a whole number.")
+    n = int(d)
+    if n < -1:
+        raise bad(f"{field}: {value!r} is negative; use an integer >= 0, or -1 for unlimited.")
+    return n

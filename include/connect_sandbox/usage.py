@@ -1,0 +1,300 @@
+"""Usage files whose records are computed, not stored.
+
+A benchmark file holds a million records; keeping them as dicts would cost gigabytes and
+rendering them through a generic JSON encoder would make the sandbox, not the exporter, the
+bottleneck. Record ``i`` of a generated file is a pure function of (file id, ``i``), rendered
+straight to JSON text from fragments prepared once per file, so any page is served by index
+arithmetic in time proportional to the page, never to the file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from decimal import Decimal
+from typing import Any
+
+# Per-record status by file status, as Connect moves records along with their file.
+RECORD_STATUS_BY_FILE_STATUS = {
+    "draft": "valid",
+    "uploading": "valid",
+    "uploaded": "valid",
+    "processing": "valid",
+    "invalid": "invalid",
+    "ready": "valid",
+    "pending": "valid",
+    "rejected": "rejected",
+    "accepted": "approved",
+    "closed": "closed",
+    "deleted": "rejected",
+}
+
+_REGIONS = ("eu-west-1", "eu-central-1", "us-east-1", "ap-south-1", "sa-east-1")
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+
+
+@dataclass
+class RecordSource:
+    """The records of one usage file: ``count``, ``render(i)`` (JSON text) and ``record(i)``."""
+
+    count: int
+
+    def render(self, i: int) -> str:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def record(self, i: int) -> dict:
+        return json.loads(self.render(i), parse_float=Decimal)
+
+    def render_range(self, start: int, stop: int) -> list[str]:
+        return [self.render(i) for i in range(start, stop)]
+
+
+@dataclass
+class StoredRecords(RecordSource):
+    """Hand-written records (the edge-value file): kept as dicts, rendered once."""
+
+    records: list[dict] = field(default_factory=list)
+    _rendered: list[str] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, records: list[dict]) -> StoredRecords:
+        rendered = [_render_exact(r) for r in records]
+        return cls(count=len(records), records=records, _rendered=rendered)
+
+    def render(self, i: int) -> str:
+        return self._rendered[i]
+
+    def record(self, i: int) -> dict:
+        return json.loads(self._rendered[i], parse_float=Decimal)
+
+
+def _render_exact(record: dict) -> str:
+    """JSON for a record whose ``usage``/``amount`` may be Decimals that floats cannot carry."""
+    exact: dict[str, str] = {}
+    clean = dict(record)
+    for key in ("usage", "amount"):
+        value = clean.get(key)
+        if isinstance(value, Decimal):
+            marker = f"__exact_{key}__"
+            exact[marker] = format(value, "f")
+            clean[key] = marker
+    text = _dumps(clean)
+    for marker, literal in exact.items():
+        text = text.replace(f'"{marker}"', literal)
+    return text
+
+
+@dataclass
+class GeneratedRecords(RecordSource):
+    """``count`` records computed from the file id; nothing per record is kept in memory."""
+
+    file_id: str = ""
+    items: Sequence[dict] = ()
+    assets: Sequence[dict] = ()
+    product_id: str = ""
+    usagefile: dict = field(default_factory=dict)
+    period_from: date = date(2026, 10, 1)
+    period_days: int = 31
+    status: str = "valid"
+
+    def __post_init__(self) -> None:
+        self._id_prefix = "UR-" + self.file_id.removeprefix("UF-") + "-"
+        self._salt = zlib.crc32(self.file_id.encode())
+        self._dates = [
+            (
+                (self.period_from + timedelta(days=d)).isoformat() + "T00:00:00+00:00",
+                (self.period_from + timedelta(days=d + 1)).isoformat() + "T00:00:00+00:00",
+            )
+            for d in range(max(self.period_days, 1))
+        ]
+        # One prepared middle fragment per (item, asset) pair: everything that does not vary.
+        self._fragments: list[str] = []
+        self._parts: list[dict] = []
+        for item in self.items:
+            for asset in self.assets:
+                rec_item = {
+                    "id": item["id"],
+                    "local_id": item["local_id"],
+                    "name": item["name"],
+                    "unit": item["unit"],
+                    "mpn": item["mpn"],
+                    "precision": item["precision"],
+                    "type": item["type"],
+                }
+                rec_asset = {
+                    "id": asset["id"],
+                    "external_id": asset["external_id"],
+                    "external_uid": asset["external_uid"],
+                }
+                self._parts.append(
+                    {
+                        "product_id": self.product_id,
+                        "item": rec_item,
+                        "asset": rec_asset,
+                        "tier": 1,
+                        "item_id": item["id"],
+                        "asset_id": asset["id"],
+                        "asset_external_id": asset["external_id"],
+                        "asset_external_uid": asset["external_uid"],
+                        "usagefile": self.usagefile,
+                    }
+                )
+                self._fragments.append(
+                    f',"product_id":{_dumps(self.product_id)},"item":{_dumps(rec_item)}'
+                    f',"asset":{_dumps(rec_asset)},"tier":1'
+                    f',"item_id":{_dumps(item["id"])},"asset_id":{_dumps(asset["id"])}'
+                    f',"asset_external_id":{_dumps(asset["external_id"])}'
+                    f',"asset_external_uid":{_dumps(asset["external_uid"])}'
+                    f',"usagefile":{_dumps(self.usagefile)}'
+                )
+        self._n_fragments = max(len(self._fragments), 1)
+        self.period = self._n_fragments
+        closed = self.status == "closed"
+        self._tail_fields = {
+            "multiplier": 1,
+            "status": self.status,
+            "closed_at": "2026-11-05T09:00:00+00:00" if closed else None,
+            "closed_by": "SU-000-000-000" if closed else None,
+            "external_billing_id": "",
+            "external_billing_note": "",
+            "category": "standard",
+        }
+        self._tail = (
+            f',"multiplier":1,"status":"{self.status}"'
+            + (
+                ',"closed_at":"2026-11-05T09:00:00+00:00","closed_by":"SU-000-000-000"'
+                if closed
+                else ',"closed_at":null,"closed_by":null'
+            )
+            + ',"external_billing_id":"","external_billing_note":"","category":"standard"'
+        )
+        self._prepare_render()
+
+    def record(self, i: int) -> dict:
+        """The same record as ``render(i)``, built as a dict (for filters that must scan)."""
+        if not 0 <= i < self.count:
+            raise IndexError(i)
+        mix = (i * 2654435761 + self._salt) & 0xFFFFFFFF
+        n = mix % 100000
+        start, end = self._dates[i % len(self._dates)]
+        rec = {"id": f"{self._id_prefix}{i:07d}", "start_date": start, "end_date": end}
+        rec.update(self._parts[i % self._n_fragments])
+        rec["amount"] = Decimal(n * 5).scaleb(-4)
+        rec["usage"] = Decimal(n).scaleb(-2)
+        rec.update(self._tail_fields)
+        rec["resource_local_id"] = f"res-{mix % 997:03d}"
+        rec["params"] = [{"parameter_name": "region", "parameter_value": _REGIONS[mix % 5]}]
+        return rec
+
+    def _prepare_render(self) -> None:
+        # Everything between the id and the amount depends only on i modulo the lcm of the day
+        # and (item, asset) cycles; everything after the usage only on a 5-way region choice.
+        n_days = len(self._dates)
+        cycle = n_days * self._n_fragments // math.gcd(n_days, self._n_fragments)
+        self._cycle = cycle
+        self._heads = []
+        for k in range(cycle):
+            start, end = self._dates[k % n_days]
+            self._heads.append(
+                f'","start_date":"{start}","end_date":"{end}"'
+                f'{self._fragments[k % self._n_fragments]},"amount":'
+            )
+        self._tails = [
+            f'{self._tail},"params":[{{"parameter_name":"region","parameter_value":"{region}"}}]}}'
+            for region in _REGIONS
+        ]
+        self._prefix = '{"id":"' + self._id_prefix
+
+    def render(self, i: int) -> str:
+        if not 0 <= i < self.count:
+            raise IndexError(i)
+        return self.render_range(i, i + 1)[0]
+
+    def render_range(self, start: int, stop: int) -> list[str]:
+        if not 0 <= start <= stop <= self.count:
+            raise IndexError((start, stop))
+        prefix, heads, tails, cycle, salt = self._prefix, self._heads, self._tails, self._cycle, self._salt
+        out: list[str] = []
+        append = out.append
+        for i in range(start, stop):
+            mix = (i * 2654435761 + salt) & 0xFFFFFFFF
+            n = mix % 100000  # usage in hundredths: 0.00 .. 999.99
+            a = n * 5  # amount = usage * 0.05, in ten-thousandths
+            append(
+                f"{prefix}{i:07d}{heads[i % cycle]}{a // 10000}.{a % 10000:04d}"
+                f',"usage":{n // 100}.{n % 100:02d},"resource_local_id":"res-{mix % 997:03d}"{tails[mix % 5]}'
+            )
+        return out
+
+
+# Record fields that are the same for every record of one (item, asset) class of a generated file.
+CLASS_CONSTANT_PATHS = frozenset(
+    {
+        "product_id",
+        "item.id",
+        "item.local_id",
+        "item.name",
+        "item.unit",
+        "item.mpn",
+        "item.precision",
+        "item.type",
+        "asset.id",
+        "asset.external_id",
+        "asset.external_uid",
+        "tier",
+        "item_id",
+        "asset_id",
+        "asset_external_id",
+        "asset_external_uid",
+        "usagefile.id",
+        "usagefile.name",
+        "usagefile.schema",
+        "usagefile.currency",
+        "multiplier",
+        "status",
+        "closed_at",
+        "closed_by",
+        "external_billing_id",
+        "external_billing_note",
+        "category",
+    }
+)
+
+
+class ClassView:
+    """The indexes ``i < count`` with ``i % period`` in ``classes``, addressable without a scan."""
+
+    def __init__(self, count: int, period: int, classes: list[int]) -> None:
+        self.count, self.period, self.classes = count, period, sorted(classes)
+        full, rest = divmod(count, period)
+        self._len = full * len(self.classes) + sum(1 for c in self.classes if c < rest)
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __getitem__(self, k: int) -> int:
+        if not 0 <= k < self._len:
+            raise IndexError(k)
+        cycle, pos = divmod(k, len(self.classes))
+        return cycle * self.period + self.classes[pos]
+
+
+def class_view(source: RecordSource, predicate: Callable[[dict], bool], paths: set[str]) -> ClassView | None:
+    """When a filter reads only per-class constants, the matches of a generated file by arithmetic."""
+    if not isinstance(source, GeneratedRecords) or not paths <= CLASS_CONSTANT_PATHS:
+        return None
+    period = source.period
+    good = [c for c in range(min(period, source.count)) if predicate(source.record(c))]
+    return ClassView(source.count, period, good)
+
+
+def join_page(rendered: list[str]) -> bytes:
+    """A JSON array from rendered records; the body of a usage-records page."""
+    return ("[" + ",".join(rendered) + "]").encode()
