@@ -1,0 +1,1 @@
+"""Operators of the CloudBlue Connect provider (requests: :mod:`.requests`; usage: :mod:`.usage`)."""
