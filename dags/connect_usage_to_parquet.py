@@ -1,0 +1,93 @@
+"""Export CloudBlue Connect usage records to partitioned Parquet, once per usage file version.
+
+plan -> export_usage_file (mapped, one per usage file, in the ``cloudblue_connect_api`` pool)
+-> publish_dataset (emits the ``connect_usage_records`` Asset event with files and rows).
+
+* ``plan`` lists the usage files in the configured statuses and keeps those not exported yet or
+  changed since (the manifest beside the data); a manual run with ``usage_file_id`` exports that
+  one file whatever the manifest says.
+* ``export_usage_file`` is ``ConnectUsageRecordsToParquetOperator``: streaming, atomic publish,
+  bad records quarantined, manifest updated.
+* ``publish_dataset`` emits the Asset event only when something was exported; the
+  ``connect_usage_load`` DAG is scheduled on it.
+
+Settings (params, else Variables, else defaults) are described in
+``connect_provider.usage.pipeline``; this file only wires tasks.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from airflow.sdk import Param, dag, task
+from connect_provider.config import API_POOL, DEFAULT_CONN_ID
+from connect_provider.operators.usage import ConnectUsageRecordsToParquetOperator
+from connect_provider.usage import pipeline
+
+
+@dag(
+    dag_id="connect_usage_to_parquet",
+    description="Connect usage records -> typed, partitioned Parquet (new or changed usage files only)",
+    schedule="@daily",
+    start_date=datetime(2026, 1, 1, tzinfo=timezone.utc),
+    catchup=False,
+    max_active_runs=1,
+    default_args={"retries": 2, "retry_delay": timedelta(minutes=1)},
+    tags=["cloudblue-connect", "usage"],
+    params={
+        "usage_file_id": Param(
+            None,
+            type=["null", "string"],
+            title="Usage file id",
+            description="Export only this usage file (UF-...), even if it was exported already.",
+        ),
+        "statuses": Param(
+            None,
+            type=["null", "array"],
+            title="Usage file statuses",
+            description="Statuses to export (default: Variable connect_usage_statuses, else "
+            "ready, pending, accepted, closed).",
+        ),
+        "destination": Param(
+            None,
+            type=["null", "string"],
+            title="Destination",
+            description="Path or URI of the dataset (default: Variable connect_usage_destination, "
+            "else <data folder>/usage_records).",
+        ),
+    },
+)
+def connect_usage_to_parquet() -> None:
+    @task(pool=API_POOL)
+    def plan(params: dict[str, Any] | None = None) -> list[dict[str, str]]:
+        from connect_provider.hooks.connect import ConnectHook
+
+        params = params or {}
+        return pipeline.plan_exports(
+            ConnectHook(DEFAULT_CONN_ID),
+            usage_file_id=params.get("usage_file_id"),
+            statuses=params.get("statuses"),
+            destination=params.get("destination"),
+        )
+
+    exports = ConnectUsageRecordsToParquetOperator.partial(
+        task_id="export_usage_file", pool=API_POOL, connect_conn_id=DEFAULT_CONN_ID
+    ).expand_kwargs(plan())
+
+    @task(outlets=[pipeline.USAGE_RECORDS_ASSET], trigger_rule="none_failed")
+    def publish_dataset(results: Any, params: dict[str, Any] | None = None, **context: Any) -> dict[str, Any]:
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        event = pipeline.dataset_event(
+            list(results or []), pipeline.resolve_destination((params or {}).get("destination"))
+        )
+        if event is None:
+            raise AirflowSkipException("no usage file was new or changed: no dataset event")
+        context["outlet_events"][pipeline.USAGE_RECORDS_ASSET].extra = event
+        return event
+
+    publish_dataset(exports.output)
+
+
+connect_usage_to_parquet()

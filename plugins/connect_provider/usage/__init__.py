@@ -1,0 +1,5 @@
+"""Usage records to Parquet: the schema, the atomic partitioned writer, the manifest, the exporter.
+
+Nothing here needs an Airflow task context: the operators, the DAGs and the benchmark all call
+:func:`connect_provider.usage.exporter.export_usage_file`.
+"""

@@ -1,0 +1,321 @@
+"""The streaming export: partitions, atomic publish, quarantine, checks, reruns, readers."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from decimal import Decimal
+from pathlib import Path
+
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+import pytest
+from connect_provider.exceptions import ConnectError, ConnectValidationError
+from connect_provider.usage.exporter import export_usage_pages, prefetch
+from connect_provider.usage.manifest import read_entry, select_for_export
+from connect_provider.usage.schema import FILE_SCHEMA, QUARANTINE_SCHEMA
+from connect_provider.usage.writer import DatasetLayout
+from usage_factory import FILE_ID, PRODUCT_ID, Page, dumps_exact, pages, record, usage_file
+
+DATA_REL = f"product_id={PRODUCT_ID}/period=2026-10/usage_file_id={FILE_ID}.parquet"
+
+
+def visible_parquet(dest: Path) -> list[str]:
+    """What a hive dataset reader sees (pyarrow skips names starting with '_' or '.')."""
+    if not dest.exists():
+        return []
+    return sorted(str(Path(f).relative_to(dest)) for f in pads.dataset(str(dest), format="parquet").files)
+
+
+def staged(dest: Path) -> list[Path]:
+    """Files left in the hidden staging folder."""
+    return list((dest / "_staging").iterdir()) if (dest / "_staging").exists() else []
+
+
+def test_an_export_writes_one_typed_file_in_its_hive_partition(dest: Path) -> None:
+    records = [record(i) for i in range(2500)]
+    result = export_usage_pages(pages(records), usage_file(), dest)
+    assert result.path == str(dest / DATA_REL)
+    assert (result.rows, result.quarantined, result.usage_file_id) == (2500, 0, FILE_ID)
+    assert result.bytes == (dest / DATA_REL).stat().st_size > 0
+    assert result.to_xcom() == {
+        "path": result.path,
+        "rows": 2500,
+        "bytes": result.bytes,
+        "usage_file_id": FILE_ID,
+        "quarantined": 0,
+    }
+    table = pq.read_table(dest / DATA_REL)
+    assert table.schema.equals(FILE_SCHEMA)
+    assert table.column("id").to_pylist() == [r["id"] for r in records]
+    assert visible_parquet(dest) == [DATA_REL]
+    assert not (dest / "_quarantine").exists()
+
+
+def test_row_groups_are_bounded_by_row_group_rows(dest: Path) -> None:
+    result = export_usage_pages(
+        pages([record(i) for i in range(10)], page_size=4), usage_file(), dest, row_group_rows=3
+    )
+    metadata = pq.ParquetFile(result.path).metadata
+    assert metadata.num_rows == 10
+    assert [metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)] == [4, 4, 2]
+
+
+def test_an_empty_usage_file_gives_an_empty_file_with_the_schema(dest: Path) -> None:
+    result = export_usage_pages(iter([]), usage_file(), dest)
+    assert result.rows == 0
+    table = pq.read_table(result.path)
+    assert table.num_rows == 0 and table.schema.equals(FILE_SCHEMA)
+
+
+def test_a_single_record_file_is_exported(dest: Path) -> None:
+    result = export_usage_pages(pages([record(0, usage=Decimal("123456789012.123456"))]), usage_file(), dest)
+    assert pq.read_table(result.path).column("usage").to_pylist() == [Decimal("123456789012.123456")]
+
+
+def test_bad_records_go_to_a_quarantine_file_with_raw_json_and_reason(dest: Path) -> None:
+    records = [record(0), record(1, usage="n/a"), record(2, amount=Decimal("1" + "0" * 30)), record(3)]
+    result = export_usage_pages(pages(records, page_size=2), usage_file(), dest)
+    assert (result.rows, result.quarantined) == (2, 2)
+    assert result.quarantine_path is not None and "quarantine" in result.quarantine_path
+    quarantine = pq.read_table(result.quarantine_path)
+    assert quarantine.schema.equals(QUARANTINE_SCHEMA)
+    rows = quarantine.to_pylist()
+    assert [r["record_index"] for r in rows] == [1, 2]
+    assert [r["raw_json"] for r in rows] == [dumps_exact(records[1]), dumps_exact(records[2])]
+    assert "usage" in rows[0]["reason"] and "amount" in rows[1]["reason"]
+    # The dataset of the data team does not include the quarantine.
+    assert visible_parquet(dest) == [DATA_REL]
+    assert read_entry(DatasetLayout(dest), FILE_ID).quarantined == 2
+
+
+def test_on_bad_records_fail_stops_the_export_and_publishes_nothing(dest: Path) -> None:
+    records = [record(0), record(1, tier="high")]
+    with pytest.raises(
+        ConnectError, match=r"0000001 cannot be exported: .*field tier.*on_bad_records=.fail."
+    ):
+        export_usage_pages(pages(records), usage_file(), dest, on_bad_records="fail")
+    assert visible_parquet(dest) == []
+    assert read_entry(DatasetLayout(dest), FILE_ID) is None
+    assert staged(dest) == []
+
+
+def test_a_row_count_below_the_content_range_total_fails_and_publishes_nothing(dest: Path) -> None:
+    with pytest.raises(ConnectError, match="received 3 records but Content-Range announced 5"):
+        export_usage_pages(pages([record(i) for i in range(3)], total=5), usage_file(), dest)
+    assert visible_parquet(dest) == []
+
+
+def test_duplicate_record_ids_fail_the_export_and_publish_nothing(dest: Path) -> None:
+    records = [record(i) for i in range(1500)] + [record(7)]
+    with pytest.raises(ConnectError, match=r"appear more than once \(UR-2026-10-0000000042-0000007\)"):
+        export_usage_pages(pages(records), usage_file(), dest)
+    assert visible_parquet(dest) == []
+    assert read_entry(DatasetLayout(dest), FILE_ID) is None
+
+
+def test_pages_out_of_order_fail_the_export(dest: Path) -> None:
+    first, second = list(pages([record(i) for i in range(4)], page_size=2))
+    with pytest.raises(ConnectError, match="offset 2 after 0 records"):
+        export_usage_pages(iter([second, first]), usage_file(), dest)
+
+
+def test_a_page_whose_record_count_differs_from_content_range_fails(dest: Path) -> None:
+    body = dumps_exact([record(0)]).encode()
+    with pytest.raises(ConnectError, match="holds 1 records but Content-Range announced 2"):
+        export_usage_pages(iter([Page(body, 0, 2, 2)]), usage_file(), dest)
+
+
+def test_bad_options_are_refused_before_anything_is_read(dest: Path) -> None:
+    def never():
+        raise AssertionError("read")
+        yield
+
+    with pytest.raises(ConnectValidationError, match="on_bad_records"):
+        export_usage_pages(never(), usage_file(), dest, on_bad_records="drop")
+    with pytest.raises(ConnectValidationError, match="compression"):
+        export_usage_pages(never(), usage_file(), dest, compression="rar")
+    with pytest.raises(ConnectValidationError, match="row_group_rows"):
+        export_usage_pages(never(), usage_file(), dest, row_group_rows=0)
+    with pytest.raises(ConnectValidationError, match="product_id"):
+        export_usage_pages(never(), usage_file(product={"id": "../etc"}), dest)
+
+
+def test_an_error_mid_export_leaves_the_previous_version_and_no_partial_file(dest: Path) -> None:
+    first = export_usage_pages(pages([record(i) for i in range(10)]), usage_file(), dest)
+    before = (dest / DATA_REL).read_bytes()
+
+    def broken():
+        yield from pages([record(i) for i in range(3000)])
+        raise ConnectionError("network gone")
+
+    with pytest.raises(ConnectionError):
+        export_usage_pages(broken(), usage_file(status="accepted"), dest, row_group_rows=1000)
+    assert (dest / DATA_REL).read_bytes() == before
+    assert visible_parquet(dest) == [DATA_REL]
+    assert staged(dest) == []
+    assert read_entry(DatasetLayout(dest), FILE_ID).version == first.version
+
+
+_KILL_CHILD = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    sys.modules.pop("usage_factory", None)
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("usage_factory", sys.argv[3])
+    factory = importlib.util.module_from_spec(spec); spec.loader.exec_module(factory)
+    from connect_provider.usage.exporter import export_usage_pages
+
+    def slow_pages():
+        for n, page in enumerate(factory.pages([factory.record(i) for i in range(5000)], page_size=1000)):
+            if n == 2:
+                Path(sys.argv[2]).write_text("two pages written")
+                time.sleep(600)
+            yield page
+
+    export_usage_pages(slow_pages(), factory.usage_file(), sys.argv[1], row_group_rows=1000)
+    """
+)
+
+
+def test_a_killed_export_leaves_no_file_a_reader_can_see_and_a_rerun_publishes(
+    dest: Path, tmp_path: Path
+) -> None:
+    marker = tmp_path / "marker"
+    factory = Path(__file__).with_name("usage_factory.py")
+    child = subprocess.Popen([sys.executable, "-c", _KILL_CHILD, str(dest), str(marker), str(factory)])
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists():
+            assert child.poll() is None, "the export process ended before it was killed"
+            assert time.monotonic() < deadline, "the export never reached its third page"
+            time.sleep(0.1)
+        leftover = staged(dest)
+        assert leftover and leftover[0].stat().st_size > 0  # two row groups are on disk, unpublished
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait(30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(30)
+    assert visible_parquet(dest) == []
+    import duckdb
+
+    [(count,)] = duckdb.sql(f"SELECT count(*) FROM glob('{dest}/product_id=*/period=*/*.parquet')").fetchall()
+    assert count == 0
+    result = export_usage_pages(pages([record(i) for i in range(20)]), usage_file(), dest)
+    assert result.rows == 20 and visible_parquet(dest) == [DATA_REL]
+    assert staged(dest) == []  # the killed run's leftover is gone
+
+
+def test_a_rerun_replaces_the_file_and_clears_an_outdated_quarantine(dest: Path) -> None:
+    export_usage_pages(pages([record(0), record(1, usage="x")]), usage_file(), dest)
+    quarantine = dest / "_quarantine" / DATA_REL
+    assert quarantine.exists()
+    again = export_usage_pages(pages([record(i) for i in range(5)]), usage_file(status="accepted"), dest)
+    assert again.rows == 5 and again.quarantined == 0
+    assert visible_parquet(dest) == [DATA_REL]
+    assert pq.read_table(dest / DATA_REL).num_rows == 5
+    assert not quarantine.exists()
+    assert read_entry(DatasetLayout(dest), FILE_ID).status == "accepted"
+
+
+def test_rerunning_the_same_version_gives_the_same_rows(dest: Path) -> None:
+    records = [record(i) for i in range(300)]
+    first = export_usage_pages(pages(records), usage_file(), dest)
+    rows_first = pq.read_table(first.path).drop_columns(["exported_at"])
+    second = export_usage_pages(pages(records), usage_file(), dest)
+    assert pq.read_table(second.path).drop_columns(["exported_at"]).equals(rows_first)
+    assert first.version == second.version
+    assert visible_parquet(dest) == [DATA_REL]
+
+
+def _two_files(dest: Path) -> None:
+    export_usage_pages(pages([record(i) for i in range(3)]), usage_file(), dest)
+    other = "UF-2026-09-0000000077"
+    export_usage_pages(
+        pages([record(i, file_id=other, product_id="PRD-684-920-001") for i in range(2)]),
+        usage_file(
+            other, product={"id": "PRD-684-920-001"}, period={"from": "2026-09-01", "to": "2026-09-30"}
+        ),
+        dest,
+    )
+    export_usage_pages(pages([record(0), record(1, usage="x")]), usage_file(), dest)  # with a quarantine
+
+
+def test_pyarrow_reads_the_dataset_with_its_partitions(dest: Path) -> None:
+    _two_files(dest)
+    table = pads.dataset(str(dest), format="parquet", partitioning="hive").to_table()
+    assert table.num_rows == 3
+    by_product = {(r["product_id"], r["period"]) for r in table.select(["product_id", "period"]).to_pylist()}
+    assert by_product == {(PRODUCT_ID, "2026-10"), ("PRD-684-920-001", "2026-09")}
+
+
+def test_duckdb_reads_the_dataset_with_its_partitions(dest: Path) -> None:
+    import duckdb
+
+    _two_files(dest)
+    rows = duckdb.sql(
+        f"SELECT product_id, period, count(*), sum(usage)::VARCHAR, typeof(any_value(usage)) "
+        f"FROM read_parquet('{dest}/product_id=*/period=*/*.parquet', hive_partitioning = true) "
+        "GROUP BY ALL ORDER BY ALL"
+    ).fetchall()
+    assert rows == [
+        ("PRD-276-377-545", "2026-10", 1, "0.000000000000", "DECIMAL(38,12)"),
+        ("PRD-684-920-001", "2026-09", 2, "1.000000000000", "DECIMAL(38,12)"),
+    ]
+
+
+def test_pandas_reads_the_dataset_with_its_partitions(dest: Path) -> None:
+    import pandas as pd
+
+    _two_files(dest)
+    frame = pd.read_parquet(dest)
+    assert len(frame) == 3
+    assert set(frame["product_id"].astype(str)) == {PRODUCT_ID, "PRD-684-920-001"}
+    assert str(frame["start_date"].dt.tz) == "UTC"
+    assert frame["usage"].map(type).eq(Decimal).all()
+
+
+def test_the_manifest_selects_new_and_changed_files_only(dest: Path) -> None:
+    layout = DatasetLayout(dest)
+    exported = usage_file()
+    export_usage_pages(pages([record(0)]), exported, dest)
+    new = usage_file("UF-2026-10-0000000099")
+    changed = usage_file(
+        status="accepted", events={**exported["events"], "accepted": {"at": "2026-11-20T00:00:00Z"}}
+    )
+    assert select_for_export(layout, [exported, new]) == [new["id"]]
+    assert select_for_export(layout, [changed]) == [FILE_ID]
+    entry = read_entry(layout, FILE_ID)
+    assert (entry.rows, entry.status, entry.path) == (1, "ready", str(dest / DATA_REL))
+    (dest / DATA_REL).unlink()
+    assert select_for_export(layout, [exported]) == [FILE_ID]  # its data file is gone: export again
+    assert json.loads((dest / "_manifest" / f"{FILE_ID}.json").read_text())["usage_file_id"] == FILE_ID
+
+
+def test_prefetch_passes_pages_through_in_order_and_raises_the_fetch_error() -> None:
+    assert [p.offset for p in prefetch(pages([record(i) for i in range(5)], page_size=2))] == [0, 2, 4]
+
+    def failing():
+        yield from pages([record(0)])
+        raise ConnectError("boom")
+
+    got = []
+    with pytest.raises(ConnectError, match="boom"):
+        for page in prefetch(failing()):
+            got.append(page.offset)
+    assert got == [0]
+
+
+def test_records_listed_in_any_order_export_when_their_ids_are_unique(dest: Path) -> None:
+    records = [record(i) for i in reversed(range(2500))]
+    result = export_usage_pages(pages(records), usage_file(), dest, row_group_rows=1000)
+    assert result.rows == 2500
+    assert pq.read_table(result.path).column("id").to_pylist() == [r["id"] for r in records]

@@ -1,0 +1,123 @@
+"""Loading exports into DuckDB (default) or PostgreSQL: new exports only, a reload replaces rows."""
+
+from __future__ import annotations
+
+import json
+import os
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from connect_provider.usage.exporter import export_usage_pages
+from connect_provider.usage.load import DuckDBTarget, PostgresTarget, load_exports
+from usage_factory import FILE_ID, PRODUCT_ID, pages, record, usage_file
+
+PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
+
+
+def test_exports_load_into_duckdb_and_a_reload_replaces_the_rows(dest: Path, tmp_path: Path) -> None:
+    export_usage_pages(pages([record(i, usage=Decimal("0.000001")) for i in range(5)]), usage_file(), dest)
+    target = DuckDBTarget(tmp_path / "usage.duckdb")
+    try:
+        first = load_exports(target, dest)
+        assert (first.loaded, first.rows, first.unchanged) == ([FILE_ID], 5, 0)
+        # Nothing new: nothing loaded.
+        assert load_exports(target, dest).to_dict() == {"loaded": [], "rows": 0, "unchanged": 1}
+        # The file changes and is exported again with fewer records: its rows are replaced.
+        export_usage_pages(pages([record(i) for i in range(3)]), usage_file(status="accepted"), dest)
+        again = load_exports(target, dest)
+        assert (again.loaded, again.rows) == ([FILE_ID], 3)
+        rows = target.con.execute(
+            "SELECT count(*), count(DISTINCT id), any_value(product_id), any_value(period), "
+            "typeof(any_value(usage)) FROM usage_records"
+        ).fetchall()
+        assert rows == [(3, 3, PRODUCT_ID, "2026-10", "DECIMAL(38,12)")]
+    finally:
+        target.close()
+
+
+def test_a_failed_load_keeps_the_previous_rows(
+    dest: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from connect_provider.usage import load
+
+    export_usage_pages(pages([record(i) for i in range(4)]), usage_file(), dest)
+    target = DuckDBTarget(tmp_path / "usage.duckdb")
+    try:
+        load_exports(target, dest)
+        export_usage_pages(pages([record(i) for i in range(2)]), usage_file(status="closed"), dest)
+
+        original = load.iter_row_groups
+
+        def broken(entry):
+            yield from original(entry)
+            raise OSError("disk gone")
+
+        monkeypatch.setattr(load, "iter_row_groups", broken)
+        with pytest.raises(OSError, match="disk gone"):
+            load_exports(target, dest)
+        assert target.con.execute("SELECT count(*) FROM usage_records").fetchall() == [(4,)]
+    finally:
+        target.close()
+
+
+@pytest.fixture
+def pg_conn_id(monkeypatch: pytest.MonkeyPatch):
+    psycopg2 = pytest.importorskip("psycopg2")
+    try:
+        admin = psycopg2.connect(dbname="postgres", connect_timeout=3, **PG)
+    except psycopg2.OperationalError as exc:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"PostgreSQL on 127.0.0.1:5432 is required in CI: {exc}")
+        pytest.skip(f"no PostgreSQL on 127.0.0.1:5432: {exc}")
+    admin.autocommit = True
+    name = f"connect_usage_load_{os.getpid()}"
+    with admin.cursor() as cur:
+        cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        cur.execute(f'CREATE DATABASE "{name}"')
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_USAGE_PG",
+        json.dumps(
+            {
+                "conn_type": "postgres",
+                "host": PG["host"],
+                "port": PG["port"],
+                "login": PG["user"],
+                "schema": name,
+            }
+        ),
+    )
+    yield "usage_pg"
+    with admin.cursor() as cur:
+        cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin.close()
+
+
+@pytest.mark.postgres
+def test_exports_load_into_postgresql_exactly_and_a_reload_replaces_the_rows(
+    dest: Path, pg_conn_id: str
+) -> None:
+    params = [{"parameter_name": "région", "parameter_value": "Zürich"}]
+    export_usage_pages(
+        pages([record(0, usage=Decimal("123456789012.123456"), amount=None, params=params), record(1)]),
+        usage_file(),
+        dest,
+    )
+    target = PostgresTarget(pg_conn_id)
+    try:
+        assert load_exports(target, dest).rows == 2
+        export_usage_pages(
+            pages([record(0, usage=Decimal("123456789012.123456"), amount=None, params=params)]),
+            usage_file(status="accepted"),
+            dest,
+        )
+        assert load_exports(target, dest).rows == 1
+        with target.con.cursor() as cur:
+            cur.execute("SELECT id, usage, amount, params, start_date, period FROM usage_records")
+            [(rid, usage, amount, stored_params, start, period)] = cur.fetchall()
+        assert rid.endswith("-0000000") and period == "2026-10"
+        assert usage == Decimal("123456789012.123456") and amount is None
+        assert stored_params == [{"name": "région", "value": "Zürich"}]
+        assert start.utcoffset().total_seconds() == 0 and start.day == 1
+    finally:
+        target.close()
