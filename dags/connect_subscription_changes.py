@@ -1,0 +1,125 @@
+"""Turn the pending subscription changes of the outbox into CloudBlue Connect requests.
+
+claim -> chunk -> submit_chunk (mapped over chunks, in the ``cloudblue_connect_api`` pool) -> follow.
+
+* ``claim`` takes up to ``batch_size`` pending rows of ``connect_subscription_changes`` (connection
+  ``connect_changes_db``; a SQLite file in the data folder when it is not defined) under this run's
+  claim token; a concurrent run never gets the same rows.
+* ``submit_chunk`` creates (or reuses) each row's request and writes back the request id and
+  status; invalid input makes the row ``rejected`` with the reason, the other rows go on.
+* ``follow`` re-checks the submitted rows in reschedule mode (no worker slot held between pokes)
+  until Connect has decided them or ``follow_timeout_seconds`` after the run started; rows still
+  open stay ``submitted`` and the next run follows them.
+
+Parse-time settings come from environment variables (``CONNECT_CHANGES_SCHEDULE``, default every
+5 minutes; ``CONNECT_CHANGES_FOLLOW_POKE_SECONDS``...): see ``connect_provider.changes.DagSettings``.
+This file only wires tasks; the logic lives in ``connect_provider.changes``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+from airflow.sdk import Param, PokeReturnValue, dag, task
+from connect_provider import changes
+from connect_provider.config import API_POOL, CHANGES_DB_CONN_ID, DEFAULT_CONN_ID
+
+SETTINGS = changes.DagSettings.from_env()
+
+
+@dag(
+    dag_id="connect_subscription_changes",
+    description="Pending subscription changes (outbox) -> Connect requests -> outcomes written back",
+    schedule=SETTINGS.schedule,
+    start_date=datetime(2026, 1, 1, tzinfo=timezone.utc),
+    catchup=False,
+    max_active_runs=1,
+    default_args={"retries": 2, "retry_delay": timedelta(seconds=30)},
+    tags=["cloudblue-connect", "outbox"],
+    params={
+        "batch_size": Param(
+            SETTINGS.batch_size,
+            type="integer",
+            minimum=1,
+            title="Batch size",
+            description="Most pending changes this run claims.",
+        ),
+        "chunk_size": Param(
+            SETTINGS.chunk_size,
+            type="integer",
+            minimum=1,
+            title="Chunk size",
+            description="Changes per submit_chunk task instance.",
+        ),
+        "lease_seconds": Param(
+            SETTINGS.lease_seconds,
+            type="integer",
+            minimum=1,
+            title="Claim lease (seconds)",
+            description="After this long, rows claimed by a run that never finished may be claimed again.",
+        ),
+        "follow_timeout_seconds": Param(
+            SETTINGS.follow_timeout_seconds,
+            type="integer",
+            minimum=1,
+            title="Follow timeout (seconds)",
+            description="How long after the run's start it waits for Connect's decisions.",
+        ),
+        "connect_conn_id": Param(
+            DEFAULT_CONN_ID,
+            type="string",
+            title="Connect connection",
+            description="cloudblue_connect connection id.",
+        ),
+        "changes_conn_id": Param(
+            CHANGES_DB_CONN_ID,
+            type="string",
+            title="Outbox connection",
+            description="sqlite (host = file) or postgres connection holding connect_subscription_changes.",
+        ),
+    },
+)
+def connect_subscription_changes() -> None:
+    @task
+    def claim(params: dict | None = None, dag_run=None) -> dict:
+        p = params or {}
+        return changes.claim_changes(
+            changes.run_token(dag_run.dag_id, dag_run.run_id),
+            batch_size=p["batch_size"],
+            lease_seconds=p["lease_seconds"],
+            changes_conn_id=p["changes_conn_id"],
+        )
+
+    @task
+    def split(claimed: dict, params: dict | None = None) -> list[dict]:
+        return changes.chunk_claim(claimed, (params or {})["chunk_size"])
+
+    @task(pool=API_POOL)
+    def submit_chunk(chunk: dict, params: dict | None = None) -> dict:
+        p = params or {}
+        return changes.submit_claimed_chunk(
+            chunk, connect_conn_id=p["connect_conn_id"], changes_conn_id=p["changes_conn_id"]
+        )
+
+    @task.sensor(
+        pool=API_POOL,
+        mode="reschedule",
+        poke_interval=SETTINGS.follow_poke_seconds,
+        timeout=SETTINGS.follow_timeout_seconds + 3600,
+        soft_fail=True,
+        trigger_rule="none_failed",
+    )
+    def follow(params: dict | None = None, dag_run=None) -> PokeReturnValue:
+        p = params or {}
+        done, counts = changes.follow_poke(
+            connect_conn_id=p["connect_conn_id"],
+            changes_conn_id=p["changes_conn_id"],
+            deadline=changes.follow_deadline(dag_run.start_date, p["follow_timeout_seconds"]),
+        )
+        return PokeReturnValue(is_done=done, xcom_value=counts)
+
+    chunks = split(claim())
+    submit_chunk.expand(chunk=chunks) >> follow()
+
+
+connect_subscription_changes()
