@@ -75,7 +75,7 @@ def _sandbox(log_path: Path) -> Iterator[str]:
                 if proc.poll() is not None:
                     raise SystemExit(f"the sandbox exited early; see {log_path}")
                 try:
-                    with urllib.request.urlopen(f"{url}/_sandbox/health", timeout=1):
+                    with urllib.request.urlopen(f"{url}/_sandbox/health", timeout=1):  # noqa: S310 - our http URL
                         break
                 except OSError:
                     if time.monotonic() > deadline:
@@ -146,9 +146,9 @@ def main() -> int:
             elapsed = time.monotonic() - started
             print(f"\n== {dag_id}: {run.state} in {elapsed:.1f}s")
             failed += run.state != "success"
-            for line in _task_summary(run.dag_id, run.run_id):
-                print(f"   {line}")
-            for line in _dag_specific_summary(dag_id):
+            with _output_to(log_path):  # the summary's own look-ups log too
+                lines = _task_summary(run.dag_id, run.run_id) + _dag_specific_summary(dag_id)
+            for line in lines:
                 print(f"   {line}")
     print(f"\nDemo finished: {len(dag_ids) - failed} of {len(dag_ids)} DAG runs succeeded.")
     return 1 if failed else 0
@@ -157,13 +157,14 @@ def main() -> int:
 def _prepare_demo_data() -> None:
     """The outbox of the target application, with demo rows, and the API pool."""
     from airflow.models.pool import Pool
-
-    from connect_provider import outbox
     from connect_provider.config import API_POOL
+    from connect_provider.outbox import Outbox, seed_demo_changes
 
-    Pool.create_or_update_pool(API_POOL, slots=4, description="Bounds concurrent calls to Connect",
-                               include_deferred=False)
-    outbox.seed_demo_rows(outbox.OutboxStore.from_connection())
+    Pool.create_or_update_pool(
+        API_POOL, slots=4, description="Bounds concurrent calls to Connect", include_deferred=False
+    )
+    with Outbox.from_airflow() as outbox:
+        seed_demo_changes(outbox)
 
 
 def _task_summary(dag_id: str, run_id: str) -> list[str]:
@@ -187,16 +188,15 @@ def _task_summary(dag_id: str, run_id: str) -> list[str]:
 
 def _dag_specific_summary(dag_id: str) -> list[str]:
     if dag_id == "connect_subscription_changes":
-        from connect_provider import outbox
+        from connect_provider.outbox import Outbox
 
-        rows = outbox.OutboxStore.from_connection().fetch_all()
-        out = [f"{'change':<8} {'type':<9} {'asset':<22} {'status':<10} request / reason"]
+        with Outbox.from_airflow() as outbox:
+            rows = outbox.all()
+        out = [f"{'change':<7} {'type':<9} {'asset':<22} {'status':<10} request / reason"]
         for row in rows:
-            detail = row.get("connect_request_id") or ""
-            if row.get("error"):
-                detail = f"{detail} {row['error']}".strip()
+            detail = " ".join(part for part in (row.connect_request_id, row.error) if part)
             out.append(
-                f"{row['id']:<8} {row['change_type']:<9} {row['asset_external_id']!s:<22} {row['status']:<10} "
+                f"{row.id:<7} {row.change_type:<9} {row.asset_external_id or '-':<22} {row.status:<10} "
                 f"{_short(detail, 90)}"
             )
         return out
