@@ -168,7 +168,7 @@ class _PurchaseSpec:
     hub_id: str
     marketplace: str
     tier1: dict[str, Any]
-    customer: dict[str, Any] | None
+    customer: dict[str, Any]
     product_id: str
     items: list[dict[str, Any]]
     params: list[dict[str, str]]
@@ -235,7 +235,7 @@ def _purchase_spec(
         hub_id=hub,
         marketplace=mp,
         tier1=v.tier("tier1", tier1),
-        customer=v.tier("customer", customer) if customer not in (None, "") else None,
+        customer=_required_customer(customer),
         product_id=product,
         items=normalised,
         params=v.params("params", params),
@@ -245,6 +245,18 @@ def _purchase_spec(
         else None,
         reuse=v.boolean("reuse_existing_request", reuse_existing_request),
     )
+
+
+def _required_customer(customer: Any) -> dict[str, Any]:
+    # Connect refuses a purchase without the end customer's tier account (the sandbox does too):
+    # say so before any call, naming the argument.
+    if customer in (None, "", {}):
+        raise ConnectValidationError(
+            "customer",
+            "a purchase needs the end customer's tier account: give customer={name, external_id, "
+            "contact_info} (the same shape as tier1)",
+        )
+    return v.tier("customer", customer)
 
 
 def _asset_ref(asset_id: Any, asset_external_id: Any, asset_external_uid: Any) -> _AssetRef:
@@ -631,9 +643,7 @@ def purchase(
             raise ConnectError(f"{exc} (pass connection_id to choose one)") from None
     else:
         connection_ref = spec.connection_id  # Connect checks it belongs to the product and hub
-    tiers = {"tier1": _tier_payload(hook, spec.tier1)}
-    if spec.customer is not None:
-        tiers = {"customer": _tier_payload(hook, spec.customer), **tiers}
+    tiers = {"customer": _tier_payload(hook, spec.customer), "tier1": _tier_payload(hook, spec.tier1)}
     asset: dict[str, Any] = {
         "external_id": spec.asset_external_id,
         "external_uid": spec.asset_external_uid,

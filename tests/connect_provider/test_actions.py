@@ -134,6 +134,7 @@ def test_the_default_asset_uid_is_stable_per_external_id_and_distinct_between_th
             "items[1].item_id",
         ),
         ("purchase", purchase_args("x", connection_type="staging"), "connection_type"),
+        ("purchase", purchase_args("x", customer=None), "customer"),
         ("purchase", purchase_args("x", marketplace=""), "marketplace"),
         ("purchase", purchase_args("x", asset_external_id="x" * 101), "asset_external_id"),
         ("change", {"asset_external_id": "sub-1001", "item_id": "SEATS", "quantity": "5.5"}, "quantity"),

@@ -242,7 +242,8 @@ class ConnectPurchaseRequestOperator(_ConnectAssetRequestOperator):
         last_name, email, phone_number}}}`` (templated).
     :param items: ``[{"item_id": "PRD-XXX-XXX-XXX-XXXX", "quantity": 5}]`` (templated); or give
         ``item_id`` and ``quantity`` for a single item.
-    :param customer: the customer tier, same shape as ``tier1`` (templated).
+    :param customer: the end customer's tier account, same shape as ``tier1`` (templated); Connect
+        needs it, so a purchase without it is refused before any call.
     :param product_id: the product; by default the items' product (templated).
     :param asset_external_uid: default: a UUID derived from ``asset_external_id`` (templated).
     :param asset_params: ordering parameters ``{param_id: value}`` (templated). Not ``params``:
