@@ -79,7 +79,7 @@ def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float) -> None:
         if proc.poll() is not None:
             raise SystemExit(f"the sandbox exited with {proc.returncode}")
         try:
-            with urllib.request.urlopen(f"{url}/_sandbox/health", timeout=2) as response:  # noqa: S310
+            with urllib.request.urlopen(f"{url}/_sandbox/health", timeout=2) as response:
                 if response.status == 200:
                     return
         except OSError:

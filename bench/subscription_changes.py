@@ -66,19 +66,19 @@ PURCHASE = {
 
 
 def _stats(sandbox_url: str) -> dict:
-    with urllib.request.urlopen(f"{sandbox_url}/_sandbox/stats", timeout=30) as response:  # noqa: S310
+    with urllib.request.urlopen(f"{sandbox_url}/_sandbox/stats", timeout=30) as response:
         return json.loads(response.read())
 
 
 def _reset(sandbox_url: str, approve_delay: float) -> None:
     body = json.dumps({"seed": "demo", "auto_approve_delay": approve_delay}).encode()
-    request = urllib.request.Request(  # noqa: S310 - our own sandbox's http URL
+    request = urllib.request.Request(
         f"{sandbox_url}/_sandbox/reset",
         data=body,
         method="POST",
         headers={"Content-Type": "application/json"},
     )
-    urllib.request.urlopen(request, timeout=30).close()  # noqa: S310
+    urllib.request.urlopen(request, timeout=30).close()
 
 
 def plan(n: int, tag: str) -> tuple[list[dict], int]:

@@ -47,7 +47,7 @@ POOL_NAME = "cloudblue_connect_api"
 POOL_SLOTS = 4
 SANDBOX_API_KEY = "ApiKey SU-000-000-000:sandbox-demo-key"
 ADMIN_USER = "admin"
-ADMIN_PASSWORD = "admin"  # noqa: S105 - a local demo login, written to the simple auth manager's file
+ADMIN_PASSWORD = "admin"
 
 # Order matters for start-up (the API server last, so the UI never shows a missing scheduler for
 # long) and is reversed for shut-down.
@@ -304,7 +304,7 @@ class LocalAirflow:
         while time.monotonic() < deadline:
             self._check_alive()
             try:
-                with urllib.request.urlopen(url, timeout=2) as r:  # noqa: S310 - our own http URL
+                with urllib.request.urlopen(url, timeout=2) as r:
                     if r.status == 200:
                         return
             except (OSError, urllib.error.URLError):
@@ -321,7 +321,7 @@ class LocalAirflow:
         while time.monotonic() < deadline:
             self._check_alive()
             try:
-                with urllib.request.urlopen(url, timeout=2) as r:  # noqa: S310 - our own http URL
+                with urllib.request.urlopen(url, timeout=2) as r:
                     last = json.loads(r.read())
                 if all(
                     (last.get(part) or {}).get("status") == "healthy"
@@ -359,8 +359,8 @@ class LocalAirflow:
         if auth:
             headers["Authorization"] = f"Bearer {self.token()}"
         url = f"{self.api_url}{path}"  # always http://<host>:<port> of the API server we started
-        req = urllib.request.Request(url, data=data, method=method, headers=headers)  # noqa: S310
-        with urllib.request.urlopen(req, timeout=30) as r:  # noqa: S310
+        req = urllib.request.Request(url, data=data, method=method, headers=headers)
+        with urllib.request.urlopen(req, timeout=30) as r:
             raw = r.read()
         if not raw:
             return None

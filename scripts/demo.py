@@ -75,7 +75,7 @@ def _sandbox(log_path: Path) -> Iterator[str]:
                 if proc.poll() is not None:
                     raise SystemExit(f"the sandbox exited early; see {log_path}")
                 try:
-                    with urllib.request.urlopen(f"{url}/_sandbox/health", timeout=1):  # noqa: S310 - our http URL
+                    with urllib.request.urlopen(f"{url}/_sandbox/health", timeout=1):
                         break
                 except OSError:
                     if time.monotonic() > deadline:

@@ -53,7 +53,7 @@ class Sandbox:
         self.api_key = SANDBOX_API_KEY
         self.log_path = log_path
         cmd = [sys.executable, "-m", "connect_sandbox.cli", "--host", "127.0.0.1", "--port", str(self.port)]
-        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self._log = open(log_path, "wb")
         self.proc = subprocess.Popen([*cmd, *args], stdout=self._log, stderr=subprocess.STDOUT)
         self._wait_ready()
 
@@ -146,3 +146,13 @@ def airflow_db() -> None:
     from airflow.utils import db
 
     db.resetdb()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Run the browser tests last.
+
+    Playwright's sync API leaves an asyncio event loop set on the main thread when it stops; tests
+    that run ``asyncio.run`` afterwards would refuse to start. Keeping the browser tests at the end
+    (stable order otherwise) makes the whole suite independent of that.
+    """
+    items.sort(key=lambda item: item.get_closest_marker("browser") is not None)

@@ -42,10 +42,16 @@ def get_provider_info() -> dict[str, Any]:
             }
         ],
         "sensors": [
-            {"integration-name": "CloudBlue Connect", "python-modules": ["connect_provider.sensors.requests"]}
+            {
+                "integration-name": "CloudBlue Connect",
+                "python-modules": ["connect_provider.sensors.requests"],
+            }
         ],
         "triggers": [
-            {"integration-name": "CloudBlue Connect", "python-modules": ["connect_provider.triggers.requests"]}
+            {
+                "integration-name": "CloudBlue Connect",
+                "python-modules": ["connect_provider.triggers.requests"],
+            }
         ],
         "connection-types": [
             {

@@ -63,7 +63,7 @@ def test_the_default_connection_points_at_the_sandbox_with_the_demo_key(
     assert fields["connection_id"] == "cloudblue_connect_default"
     assert fields["conn_type"] == "cloudblue_connect"
     assert fields["host"] == "http://127.0.0.1:18765/public/v1"
-    assert fields["password"] == "ApiKey SU-000-000-000:sandbox-demo-key"  # noqa: S105 - the public demo key
+    assert fields["password"] == "ApiKey SU-000-000-000:sandbox-demo-key"
     assert isinstance(json.loads(fields["extra"]), dict)
 
 

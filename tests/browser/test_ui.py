@@ -195,16 +195,16 @@ def task_log(stack: Any, run_id: str) -> str:
 def sandbox_requests(stack: Any, launcher: ModuleType, asset_external_id: str) -> list[dict]:
     """Connect's public API on the sandbox: the requests of one asset external id."""
     query = urllib.parse.urlencode({"asset.external_id": asset_external_id})
-    req = urllib.request.Request(  # noqa: S310 - http://127.0.0.1 only
+    req = urllib.request.Request(
         f"{stack.sandbox_api_url}/requests?{query}",
         headers={"Authorization": launcher.SANDBOX_API_KEY, "Accept": "application/json"},
     )
-    with urllib.request.urlopen(req, timeout=30) as r:  # noqa: S310 - http://127.0.0.1 only
+    with urllib.request.urlopen(req, timeout=30) as r:
         return json.loads(r.read())
 
 
 def sandbox_stats(stack: Any) -> dict:
-    with urllib.request.urlopen(f"{stack.sandbox_url}/_sandbox/stats", timeout=30) as r:  # noqa: S310
+    with urllib.request.urlopen(f"{stack.sandbox_url}/_sandbox/stats", timeout=30) as r:
         return json.loads(r.read())
 
 
@@ -223,7 +223,7 @@ def test_the_connection_form_labels_and_masks_the_api_key_and_saves_it(
     page: Any, stack: Any, launcher: ModuleType
 ) -> None:
     declared = _declared_form()
-    assert declared["relabeling"]["password"] == "API key"  # noqa: S105 - a label, not a secret
+    assert declared["relabeling"]["password"] == "API key"
 
     log_in(page, launcher)
     shot(page, "01_logged_in")

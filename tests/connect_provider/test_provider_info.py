@@ -8,19 +8,25 @@ import connect_provider
 from connect_provider import CONNECT_API_BASE_URL, get_provider_info
 
 
+def _our_entry_point():
+    group = entry_points(group="apache_airflow_provider")
+    ours = [ep for ep in group if ep.value.startswith("connect_provider")]
+    assert len(ours) == 1, ours
+    return ours[0]
+
+
 def _connection_type() -> dict:
     (conn_type,) = get_provider_info()["connection-types"]
     return conn_type
 
 
 def test_the_entry_point_returns_the_provider_info() -> None:
-    (ep,) = [ep for ep in entry_points(group="apache_airflow_provider") if ep.value.startswith("connect_provider")]
-    assert ep.load()() == get_provider_info()
+    assert _our_entry_point().load()() == get_provider_info()
 
 
 def test_package_name_equals_the_distribution_name() -> None:
     # ProvidersManager refuses a provider whose package-name differs from its distribution.
-    (ep,) = [ep for ep in entry_points(group="apache_airflow_provider") if ep.value.startswith("connect_provider")]
+    ep = _our_entry_point()
     assert ep.dist is not None
     assert get_provider_info()["package-name"] == ep.dist.name == "airflow-provider-cloudblue-connect"
     assert connect_provider.__version__ in get_provider_info()["versions"]

@@ -16,9 +16,9 @@ from connect_provider.exceptions import (
 )
 from connect_provider.hooks.connect import ConnectHook
 
-DEMO_SECRET = "sandbox-demo-key"  # noqa: S105 - the public demo key of the sandbox
+DEMO_SECRET = "sandbox-demo-key"
 WRONG_KEY = "ApiKey SU-000-000-000:wrong-secret-4f9a2c"
-WRONG_SECRET = "wrong-secret-4f9a2c"  # noqa: S105 - a made-up key
+WRONG_SECRET = "wrong-secret-4f9a2c"
 
 
 @pytest.fixture

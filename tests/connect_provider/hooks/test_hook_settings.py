@@ -35,7 +35,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 CONN_ID = "connect_settings_test"
-SECRET = "settings-test-secret-0123456789"  # noqa: S105 - a made-up key
+SECRET = "settings-test-secret-0123456789"
 
 
 def closed_port() -> int:
