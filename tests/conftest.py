@@ -156,3 +156,58 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     (stable order otherwise) makes the whole suite independent of that.
     """
     items.sort(key=lambda item: item.get_closest_marker("browser") is not None)
+
+
+PG_SERVER = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
+
+
+class PostgresDatabase(dict):
+    """Keyword arguments of ``psycopg2.connect`` for one fresh database, plus its Airflow form."""
+
+    def airflow_conn_json(self) -> str:
+        return json.dumps(
+            {
+                "conn_type": "postgres",
+                "host": self["host"],
+                "port": self["port"],
+                "login": self["user"],
+                "schema": self["dbname"],
+            }
+        )
+
+
+@pytest.fixture(scope="session")
+def fresh_postgres_database() -> Iterator:
+    """Factory: ``fresh_postgres_database("outbox")`` creates an empty database on the local server.
+
+    Every database it made is dropped at the end of the session. Without a server the test is
+    skipped with the reason, except under ``CI=true``, where PostgreSQL must be there and its absence
+    is a failure.
+    """
+    psycopg2 = pytest.importorskip("psycopg2")
+    made: list[str] = []
+    admin = None
+
+    def _create(purpose: str) -> PostgresDatabase:
+        nonlocal admin
+        if admin is None:
+            try:
+                admin = psycopg2.connect(dbname="postgres", connect_timeout=3, **PG_SERVER)
+            except psycopg2.OperationalError as exc:
+                if os.environ.get("CI") == "true":
+                    pytest.fail(f"PostgreSQL on 127.0.0.1:5432 is required in CI: {exc}")
+                pytest.skip(f"no PostgreSQL server on 127.0.0.1:5432 (CI=true makes this a failure): {exc}")
+            admin.autocommit = True
+        name = f"connect_test_{os.getpid()}_{purpose}"
+        with admin.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
+            cur.execute(f'CREATE DATABASE "{name}"')
+        made.append(name)
+        return PostgresDatabase(PG_SERVER, dbname=name)
+
+    yield _create
+    if admin is not None:
+        with admin.cursor() as cur:
+            for name in made:
+                cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,38 +10,11 @@ from pathlib import Path
 import pytest
 from connect_provider.outbox import TABLE, ChangeStatus, Outbox, OutboxError, Outcome
 
-PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
-
-
-def _pg_admin():
-    import psycopg2
-
-    conn = psycopg2.connect(dbname="postgres", connect_timeout=3, **PG)
-    conn.autocommit = True
-    return conn
-
 
 @pytest.fixture(scope="module")
-def pg_database() -> Iterator[dict]:
-    """A fresh PostgreSQL database for this module, dropped at the end (skipped without a server)."""
-    import psycopg2
-
-    try:
-        admin = _pg_admin()
-    except psycopg2.OperationalError as exc:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"PostgreSQL on 127.0.0.1:5432 is required in CI: {exc}")
-        pytest.skip(f"no PostgreSQL server on 127.0.0.1:5432 (CI=true makes this a failure): {exc}")
-    name = f"connect_test_{os.getpid()}_outbox"
-    with admin.cursor() as cur:
-        cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        cur.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield {**PG, "dbname": name}
-    finally:
-        with admin.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
+def pg_database(fresh_postgres_database) -> dict:
+    """A fresh PostgreSQL database for this module (skipped without a server, except in CI)."""
+    return fresh_postgres_database("outbox")
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

@@ -15,7 +15,6 @@ import pytest
 from connect_provider.outbox import TABLE, Outbox
 
 ROOT = Path(__file__).resolve().parents[2]
-PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
 
 
 @pytest.fixture(scope="session")
@@ -37,27 +36,9 @@ def dags(airflow_db) -> dict:
 
 
 @pytest.fixture(scope="session")
-def pg_server() -> Iterator[dict]:
-    """A fresh PostgreSQL database for this session's e2e tests, dropped at the end."""
-    import psycopg2
-
-    try:
-        admin = psycopg2.connect(dbname="postgres", connect_timeout=3, **PG)
-    except psycopg2.OperationalError as exc:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"PostgreSQL on 127.0.0.1:5432 is required in CI: {exc}")
-        pytest.skip(f"no PostgreSQL server on 127.0.0.1:5432 (CI=true makes this a failure): {exc}")
-    admin.autocommit = True
-    name = f"connect_test_{os.getpid()}_e2e"
-    with admin.cursor() as cur:
-        cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        cur.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield {**PG, "dbname": name}
-    finally:
-        with admin.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
+def pg_server(fresh_postgres_database) -> dict:
+    """A fresh PostgreSQL database for this session's e2e tests."""
+    return fresh_postgres_database("e2e")
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -74,13 +55,7 @@ def changes_db(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pyte
             return Outbox.sqlite(path)
     else:
         pg = request.getfixturevalue("pg_server")
-        conn = {
-            "conn_type": "postgres",
-            "host": pg["host"],
-            "port": pg["port"],
-            "login": pg["user"],
-            "schema": pg["dbname"],
-        }
+        conn = json.loads(pg.airflow_conn_json())
 
         def make() -> Outbox:
             return Outbox.postgres(**pg)

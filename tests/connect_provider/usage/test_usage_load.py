@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
 from decimal import Decimal
 from pathlib import Path
 
@@ -11,8 +9,6 @@ import pytest
 from connect_provider.usage.exporter import export_usage_pages
 from connect_provider.usage.load import DuckDBTarget, PostgresTarget, load_exports
 from usage_factory import FILE_ID, PRODUCT_ID, pages, record, usage_file
-
-PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
 
 
 def test_exports_load_into_duckdb_and_a_reload_replaces_the_rows(dest: Path, tmp_path: Path) -> None:
@@ -62,35 +58,10 @@ def test_a_failed_load_keeps_the_previous_rows(
 
 
 @pytest.fixture
-def pg_conn_id(monkeypatch: pytest.MonkeyPatch):
-    psycopg2 = pytest.importorskip("psycopg2")
-    try:
-        admin = psycopg2.connect(dbname="postgres", connect_timeout=3, **PG)
-    except psycopg2.OperationalError as exc:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"PostgreSQL on 127.0.0.1:5432 is required in CI: {exc}")
-        pytest.skip(f"no PostgreSQL on 127.0.0.1:5432: {exc}")
-    admin.autocommit = True
-    name = f"connect_usage_load_{os.getpid()}"
-    with admin.cursor() as cur:
-        cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        cur.execute(f'CREATE DATABASE "{name}"')
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_USAGE_PG",
-        json.dumps(
-            {
-                "conn_type": "postgres",
-                "host": PG["host"],
-                "port": PG["port"],
-                "login": PG["user"],
-                "schema": name,
-            }
-        ),
-    )
-    yield "usage_pg"
-    with admin.cursor() as cur:
-        cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    admin.close()
+def pg_conn_id(monkeypatch: pytest.MonkeyPatch, fresh_postgres_database) -> str:
+    """An Airflow connection ``usage_pg`` to a fresh PostgreSQL database."""
+    monkeypatch.setenv("AIRFLOW_CONN_USAGE_PG", fresh_postgres_database("usage_load").airflow_conn_json())
+    return "usage_pg"
 
 
 @pytest.mark.postgres
