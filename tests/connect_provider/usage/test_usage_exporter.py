@@ -319,3 +319,26 @@ def test_records_listed_in_any_order_export_when_their_ids_are_unique(dest: Path
     result = export_usage_pages(pages(records), usage_file(), dest, row_group_rows=1000)
     assert result.rows == 2500
     assert pq.read_table(result.path).column("id").to_pylist() == [r["id"] for r in records]
+
+
+def test_an_object_store_destination_is_written_through_object_storage_path_alone() -> None:
+    # Not a local folder: fsspec's in-memory filesystem attached to ObjectStoragePath stands in for
+    # s3:// (the Amazon provider registers s3 the same way). The export must publish, write its
+    # manifest and leave no staged file using only ObjectStoragePath operations.
+    import uuid
+
+    import fsspec
+    from airflow.sdk import ObjectStoragePath
+    from airflow.sdk.io import attach
+
+    attach("memory", fs=fsspec.filesystem("memory"))
+    root = f"memory://lake-{uuid.uuid4().hex[:8]}/usage"
+    records = [record(i) for i in range(1200)]
+    result = export_usage_pages(pages(records), usage_file(), ObjectStoragePath(root))
+    assert result.path == f"{root}/{DATA_REL}"
+    with ObjectStoragePath(result.path).open("rb") as f:
+        table = pq.read_table(f)
+    assert table.column("id").to_pylist() == [r["id"] for r in records]
+    assert ObjectStoragePath(f"{root}/_manifest/{FILE_ID}.json").exists()
+    staging = ObjectStoragePath(f"{root}/_staging")
+    assert not staging.exists() or list(staging.iterdir()) == []
