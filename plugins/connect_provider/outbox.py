@@ -66,6 +66,14 @@ _LIBPQ_EXTRAS = frozenset(
 _SQLITE_NOW = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
 
 
+# A pending row ``p`` waits while an earlier change of the same asset is not decided yet.
+_EARLIER_OPEN_CHANGE_OF_ASSET = f"""NOT EXISTS (
+    SELECT 1 FROM {TABLE} AS e
+    WHERE e.asset_external_id = p.asset_external_id
+      AND e.id < p.id
+      AND e.status IN ('pending', 'submitted', 'inquiring'))"""
+
+
 class ChangeStatus(str, Enum):
     """Statuses of an outbox row (the application's vocabulary, fixed by the DDL's CHECK)."""
 
@@ -391,6 +399,12 @@ class Outbox:
         A row is claimable when it is pending and unclaimed, already held by ``token`` (the same run
         trying again), or held by a claim older than ``lease_seconds`` (a run that died). Each claim
         counts one attempt. Concurrent claimers get disjoint rows.
+
+        Changes of one asset are taken in order: a row waits while an earlier row with the same
+        ``asset_external_id`` is still pending, submitted or inquiring. Connect keeps one open
+        request per asset, so a later change (a new quantity, a resume after a suspend) submitted
+        before the earlier one is decided would be refused, or would be mistaken for a retry of it.
+        Rows that name their asset only by ``asset_id`` in the payload are not ordered this way.
         """
         if not token:
             raise ValueError("claim token must be a non-empty string")
@@ -400,11 +414,12 @@ class Outbox:
         if self.dialect == "postgres":
             statement = f"""
                 WITH c AS (
-                    SELECT id FROM {TABLE}
-                    WHERE status = 'pending'
-                      AND (claim_token IS NULL OR claim_token = ?
-                           OR claimed_at < now() - make_interval(secs => ?))
-                    ORDER BY id
+                    SELECT p.id FROM {TABLE} AS p
+                    WHERE p.status = 'pending'
+                      AND (p.claim_token IS NULL OR p.claim_token = ?
+                           OR p.claimed_at < now() - make_interval(secs => ?))
+                      AND {_EARLIER_OPEN_CHANGE_OF_ASSET}
+                    ORDER BY p.id
                     LIMIT ?
                     FOR UPDATE SKIP LOCKED
                 )
@@ -422,10 +437,11 @@ class Outbox:
             SET claim_token = ?, claimed_at = {_SQLITE_NOW}, attempts = attempts + 1,
                 updated_at = {_SQLITE_NOW}
             WHERE id IN (
-                SELECT id FROM {TABLE}
-                WHERE status = 'pending'
-                  AND (claim_token IS NULL OR claim_token = ? OR claimed_at < {cutoff})
-                ORDER BY id
+                SELECT p.id FROM {TABLE} AS p
+                WHERE p.status = 'pending'
+                  AND (p.claim_token IS NULL OR p.claim_token = ? OR p.claimed_at < {cutoff})
+                  AND {_EARLIER_OPEN_CHANGE_OF_ASSET}
+                ORDER BY p.id
                 LIMIT ?
             )
         """
