@@ -195,8 +195,10 @@ def _dag_specific_summary(dag_id: str) -> list[str]:
         out = [f"{'change':<7} {'type':<9} {'asset':<22} {'status':<10} request / reason"]
         for row in rows:
             detail = " ".join(part for part in (row.connect_request_id, row.error) if part)
+            payload = row.payload if isinstance(row.payload, dict) else {}
+            asset = row.asset_external_id or payload.get("asset_id") or "-"
             out.append(
-                f"{row.id:<7} {row.change_type:<9} {row.asset_external_id or '-':<22} {row.status:<10} "
+                f"{row.id:<7} {row.change_type:<9} {asset:<22} {row.status:<10} "
                 f"{_short(detail, 90)}"
             )
         return out
