@@ -808,6 +808,14 @@ class Store:
         return r
 
     # actions -------------------------------------------------------------------------------
+    def _product_template(self, r: dict, template_id: Any) -> dict:
+        """The template ``template_id`` of the request's product; 400 naming the field otherwise."""
+        product = self.products[self.assets[r["asset_id"]]["product_id"]]
+        template = next((t for t in product["templates"] if t["id"] == template_id), None)
+        if template is None:
+            raise bad(f"template_id: template {template_id} is not a template of product {product['id']}.")
+        return template
+
     def approve(self, rid: str, body: Any) -> dict:
         with self.lock:
             self.auto_decide()
@@ -819,15 +827,8 @@ class Store:
                 )
             template_id = body.get("template_id")
             tile = body.get("activation_tile")
-            product = self.products[self.assets[r["asset_id"]]["product_id"]]
-            template = None
-            if template_id:
-                template = next((t for t in product["templates"] if t["id"] == template_id), None)
-                if template is None:
-                    raise bad(
-                        f"template_id: template {template_id} is not a template of product {product['id']}."
-                    )
-            elif not tile:
+            template = self._product_template(r, template_id) if template_id else None
+            if not template_id and not tile:
                 raise bad("template_id: you must provide either a template_id or an activation_tile.")
             effective = body.get("effective_date")
             self._approve(r, template, str(tile) if tile else None, effective)
@@ -860,11 +861,7 @@ class Store:
                 )
             template_id = body.get("template_id")
             if template_id:
-                product = self.products[self.assets[r["asset_id"]]["product_id"]]
-                if not any(t["id"] == template_id for t in product["templates"]):
-                    raise bad(
-                        f"template_id: template {template_id} is not a template of product {product['id']}."
-                    )
+                self._product_template(r, template_id)
             self._inquire(r)
             return self.render_request(rid)
 
