@@ -12,6 +12,8 @@ import uuid
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 
+from connect_sandbox.usage import record_item
+
 PROVIDER = {"id": "PA-000-000", "name": "Demo Provider", "icon": "/media/PA-000-000/icon.png"}
 VENDOR = {"id": "VA-000-000", "name": "Demo Vendor", "icon": "/media/VA-000-000/icon.png"}
 CONTRACT = {"id": "CRD-00000-00000-00001", "type": "distribution", "name": "Demo Distribution Contract"}
@@ -376,15 +378,7 @@ def edge_records(usagefile: dict, item: dict) -> list[dict]:
                 "start_date": f"{day.isoformat()}T00:00:00+00:00",
                 "end_date": f"{(day + timedelta(days=1)).isoformat()}T00:00:00+00:00",
                 "product_id": VAULT_PRODUCT,
-                "item": {
-                    "id": item["id"],
-                    "local_id": item["local_id"],
-                    "name": item["name"],
-                    "unit": item["unit"],
-                    "mpn": item["mpn"],
-                    "precision": item["precision"],
-                    "type": item["type"],
-                },
+                "item": record_item(item),
                 "asset": dict(asset),
                 "tier": 1,
                 "amount": None if i in (0, 2, 7) else (usage * Decimal("0.25")).quantize(Decimal("0.000001")),

@@ -40,6 +40,14 @@ def _dumps(obj: Any) -> str:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
 
 
+
+RECORD_ITEM_FIELDS = ("id", "local_id", "name", "unit", "mpn", "precision", "type")
+
+
+def record_item(item: dict) -> dict:
+    """The ``item`` object of a usage record (usage.UsageRecord.item) from a product item."""
+    return {key: item[key] for key in RECORD_ITEM_FIELDS}
+
 @dataclass
 class RecordSource:
     """The records of one usage file: ``count``, ``render(i)`` (JSON text) and ``record(i)``."""
@@ -119,15 +127,7 @@ class GeneratedRecords(RecordSource):
         self._parts: list[dict] = []
         for item in self.items:
             for asset in self.assets:
-                rec_item = {
-                    "id": item["id"],
-                    "local_id": item["local_id"],
-                    "name": item["name"],
-                    "unit": item["unit"],
-                    "mpn": item["mpn"],
-                    "precision": item["precision"],
-                    "type": item["type"],
-                }
+                rec_item = record_item(item)
                 rec_asset = {
                     "id": asset["id"],
                     "external_id": asset["external_id"],
