@@ -17,22 +17,16 @@ import argparse
 import json
 import os
 import resource
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
+
+from _common import running_sandbox
 
 GENERATED_FILE = "UF-2026-10-9000000001"
 API_KEY = "ApiKey SU-000-000-000:sandbox-demo-key"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _peak_rss_mb() -> float:
@@ -73,20 +67,6 @@ def child(api_url: str, page_size: int, raw: bool) -> None:
     print("RESULT " + json.dumps(result), flush=True)
 
 
-def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"the sandbox exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(f"{url}/_sandbox/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.2)
-    raise SystemExit(f"the sandbox did not answer within {timeout:.0f} s")
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -102,8 +82,6 @@ def main() -> int:
         child(args.child, args.page_size, args.raw)
         return 0
 
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory(prefix="hook-bench-") as tmp:
         env = {
             **os.environ,
@@ -111,47 +89,16 @@ def main() -> int:
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
         }
-        server_log = open(Path(tmp) / "sandbox.log", "wb")
-        server = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "connect_sandbox.cli",
-                "--port",
-                str(port),
-                "--usage-records",
-                str(args.records),
-            ],
-            stdout=server_log,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-        try:
-            started = time.perf_counter()
-            _wait_healthy(url, server, timeout=600)
+        started = time.perf_counter()
+        with running_sandbox("--usage-records", str(args.records), timeout=600, log_dir=tmp) as server:
             print(
                 f"sandbox with {args.records:,} records ready in {time.perf_counter() - started:.1f} s",
                 flush=True,
             )
-            cmd = [
-                sys.executable,
-                __file__,
-                "--child",
-                f"{url}/public/v1",
-                "--page-size",
-                str(args.page_size),
-            ]
+            cmd = [sys.executable, __file__, "--child", server.api_url, "--page-size", str(args.page_size)]
             if args.raw:
                 cmd.append("--raw")
             out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
-        finally:
-            server.terminate()
-            try:
-                server.wait(15)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait(15)
-            server_log.close()
     lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
     if out.returncode != 0 or not lines:
         sys.stderr.write(out.stdout[-4000:] + out.stderr[-4000:])
