@@ -30,7 +30,10 @@ class ConnectValidationError(ConnectError, ValueError):
 class ConnectAPIError(ConnectError):
     """Connect answered with an error status.
 
-    ``error_code`` and ``errors`` are Connect's own (``{"error_code": ..., "errors": [...]}``).
+    ``error_code`` and ``errors`` are Connect's own (``{"error_code": ..., "errors": [...]}``);
+    ``params`` is the ``params`` object some answers add (a 409 names the request and asset that
+    already exist: ``request_id``, ``asset_id``, ``request_status``, ``asset_status``), ``{}`` when
+    there is none.
     """
 
     def __init__(
@@ -42,10 +45,12 @@ class ConnectAPIError(ConnectError):
         errors: list[str] | None = None,
         method: str | None = None,
         path: str | None = None,
+        params: dict[str, Any] | None = None,
     ) -> None:
         self.status = status
         self.error_code = error_code
         self.errors = list(errors or [])
+        self.params = dict(params or {})
         self.method = method
         self.path = path
         super().__init__(message)
@@ -63,6 +68,7 @@ class ConnectAPIError(ConnectError):
                     "errors": self.errors,
                     "method": self.method,
                     "path": self.path,
+                    "params": self.params,
                 },
             ),
         )
@@ -78,6 +84,18 @@ class ConnectAuthError(ConnectAPIError):
 
 class ConnectNotFoundError(ConnectAPIError):
     """404, or a lookup (asset, marketplace, connection...) that found nothing."""
+
+
+class ConnectConflictError(ConnectAPIError):
+    """409: Connect refuses a create because what it would make exists already.
+
+    Connect answers a duplicate create, and a request for a state the asset is already in (resume
+    of an active asset, suspend of a suspended one, cancel of a terminating one), with 409 and a
+    ``params`` object naming the existing request and asset (``request_id``, ``asset_id``,
+    ``request_status``, ``asset_status``): see CloudBlue's connect-extension-for-cb-commerce,
+    ``cbcext/services/fulfillment/base.py`` and ``purchase.py``. The actions treat a 409 that names
+    a request as that request (``reused``).
+    """
 
 
 class ConnectRateLimitError(ConnectAPIError):

@@ -49,6 +49,7 @@ from connect_provider.exceptions import (
     ConnectAmbiguousWriteError,
     ConnectAPIError,
     ConnectAuthError,
+    ConnectConflictError,
     ConnectError,
     ConnectNotFoundError,
     ConnectRateLimitError,
@@ -294,20 +295,26 @@ def _describe_transport_error(exc: BaseException, timeout: float) -> str:
     return type(exc).__name__
 
 
-def _error_details(body: bytes) -> tuple[str | None, list[str]]:
+def _error_details(body: bytes) -> tuple[str | None, list[str], dict[str, Any]]:
+    """Connect's ``error_code``, ``errors`` and (409) ``params`` of an error body, where present."""
     try:
         payload = json.loads(body)
     except (ValueError, UnicodeDecodeError):
-        return None, []
+        return None, [], {}
     if not isinstance(payload, dict):
-        return None, []
+        return None, [], {}
     code = payload.get("error_code")
     errors = payload.get("errors")
     if isinstance(errors, str):
         errors = [errors]
     elif not isinstance(errors, list):
         errors = []
-    return (str(code) if code is not None else None), [str(e) for e in errors]
+    params = payload.get("params")
+    return (
+        (str(code) if code is not None else None),
+        [str(e) for e in errors],
+        dict(params) if isinstance(params, dict) else {},
+    )
 
 
 def _json_or_none(body: bytes, method: str, path: str) -> Any:
@@ -534,7 +541,7 @@ class ConnectHook(HttpHook):
         return "&".join(terms)
 
     def _status_error(self, status: int, body: bytes, method: str, path: str, attempts: int) -> ConnectError:
-        error_code, errors = _error_details(body)
+        error_code, errors, params = _error_details(body)
         detail = f"{error_code} - {'; '.join(errors)}" if error_code or errors else ""
         detail = self._redact(detail)[:1000]
         where = f"{status} on {method} {path}"
@@ -545,6 +552,9 @@ class ConnectHook(HttpHook):
             "errors": [self._redact(e) for e in errors],
             "method": method,
             "path": path,
+            "params": {
+                str(k): self._redact(v) if isinstance(v, str) else v for k, v in params.items()
+            },
         }
         if status == 401:
             return ConnectAuthError(
@@ -561,6 +571,12 @@ class ConnectHook(HttpHook):
         if status == 404:
             return ConnectNotFoundError(
                 f"{where}: not found{f' ({detail})' if detail else ''}; check the id or path", **kwargs
+            )
+        if status == 409:
+            return ConnectConflictError(
+                f"{where}: Connect refused the call because it exists already"
+                f"{f' ({detail})' if detail else ''}; the existing request is in the error's params",
+                **kwargs,
             )
         if status == 429:
             return ConnectRateLimitError(

@@ -139,3 +139,72 @@ def test_validation_errors_name_the_field(sandbox) -> None:
     with pytest.raises(ConnectValidationError) as caught:
         ConnectHook().approve_request("PR-0000-0000-0004-001", "")
     assert caught.value.field == "template_id"
+
+
+class TestConflict:
+    """A 409 is its own class and keeps the ``params`` naming what exists (Connect's duplicate answer)."""
+
+    BODY = {
+        "error_code": "REQ_005",
+        "errors": ["Request for this asset already exists."],
+        "params": {
+            "request_id": "PR-1234-5678-9012-001",
+            "asset_id": "AS-1234-5678-9012",
+            "request_status": "pending",
+            "asset_status": "processing",
+        },
+    }
+
+    @pytest.fixture
+    def conflict_server(self, monkeypatch: pytest.MonkeyPatch):
+        import json
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        body = json.dumps(self.BODY).encode()
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                self.send_response(409)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        conn = {
+            "conn_type": "cloudblue_connect",
+            "host": f"http://127.0.0.1:{server.server_address[1]}/public/v1",
+            "password": "ApiKey SU-000-000-000:sandbox-demo-key",
+            "extra": {"max_wait": 0, "max_retries": 0},
+        }
+        monkeypatch.setenv("AIRFLOW_CONN_CLOUDBLUE_CONNECT_DEFAULT", json.dumps(conn))
+        yield
+        server.shutdown()
+        server.server_close()
+
+    def test_a_409_is_a_conflict_error_with_the_params_of_the_existing_request(self, conflict_server) -> None:
+        from connect_provider.exceptions import ConnectConflictError
+
+        with pytest.raises(ConnectConflictError) as caught:
+            ConnectHook().create_request({"type": "resume", "asset": {"id": "AS-1234-5678-9012"}})
+        error = caught.value
+        assert (error.status, error.error_code) == (409, "REQ_005")
+        assert (error.method, error.path) == ("POST", "/requests")
+        assert error.params == self.BODY["params"]
+        assert "exists already" in str(error)
+
+    def test_the_params_survive_pickling(self, conflict_server) -> None:
+        from connect_provider.exceptions import ConnectConflictError
+
+        with pytest.raises(ConnectConflictError) as caught:
+            ConnectHook().create_request({"type": "resume", "asset": {"id": "AS-1234-5678-9012"}})
+        clone = pickle.loads(pickle.dumps(caught.value))  # noqa: S301 - our own bytes
+        assert type(clone) is ConnectConflictError
+        assert clone.params == self.BODY["params"]
