@@ -20,6 +20,7 @@ from starlette.routing import Match
 
 from . import rql
 from .faults import Faults, FaultSpec, drop_connection, parse_spec
+from .filter_table import FILTERS
 from .store import ApiError, Store
 from .usage import RecordSource, class_view, join_page
 
@@ -28,82 +29,28 @@ ADMIN_PREFIX = "/_sandbox"
 DEMO_API_KEY = "ApiKey SU-000-000-000:sandbox-demo-key"
 DEFAULT_LIMIT = 100
 
-# Filters each endpoint declares in the spec (v37), and where each lives in the objects served.
-# django-rql ignores filters an endpoint does not declare, so the sandbox does too.
-F_REQUESTS = rql.Filterable(
-    [
-        "activation_key",
-        "asset.connection.hub.id",
-        "asset.connection.hub.name",
-        "asset.connection.id",
-        "asset.connection.provider.id",
-        "asset.connection.provider.name",
-        "asset.connection.type",
-        "asset.connection.vendor.id",
-        "asset.connection.vendor.name",
-        "asset.contract.id",
-        "asset.external_id",
-        "asset.external_uid",
-        "asset.id",
-        "asset.marketplace.id",
-        "asset.marketplace.name",
-        "asset.params.id",
-        "asset.params.value",
-        "asset.product.id",
-        "asset.product.name",
-        "asset.status",
-        "asset.tiers.customer.id",
-        "asset.tiers.customer.name",
-        "asset.tiers.tier1.id",
-        "asset.tiers.tier2.id",
-        "assignee",
-        "created",
-        "id",
-        "marketplace.id",
-        "marketplace.name",
-        "status",
-        "template.id",
-        "type",
-        "updated",
-    ],
+# What each list endpoint filters, looks up and orders by is Connect's spec (v37), read once into
+# filter_table.FILTERS (see spec_filters). Here: where a filter's value lives in the objects the
+# sandbox serves, when that is not the filter's own (dotted) name. A filter the spec does not
+# declare is ignored, as django-rql ignores it; a lookup or ordering it does not declare is a 400.
+def _endpoint(spec_path: str, paths: dict[str, str] | None = None) -> rql.Filterable:
+    return rql.Filterable(FILTERS[spec_path], paths)
+
+
+F_REQUESTS = _endpoint(
+    "/requests",
     {
         "asset.connection.environment": "asset.connection.type",
+        "asset__connection__environment": "asset.connection.type",
         "asset.tier1_id": "asset.tiers.tier1.id",
         "asset.tier2_id": "asset.tiers.tier2.id",
         "asset_id": "asset.id",
         "product_id": "asset.product.id",
-        "contract.id": "contract.id",
-        "contract.id.exact": "contract.id",
+        "contract__id__exact": "contract.id",
     },
 )
-F_ASSETS = rql.Filterable(
-    [
-        "connection.hub.id",
-        "connection.hub.name",
-        "connection.id",
-        "connection.provider.id",
-        "connection.provider.name",
-        "connection.type",
-        "connection.vendor.id",
-        "connection.vendor.name",
-        "contract.id",
-        "external_id",
-        "external_uid",
-        "id",
-        "marketplace.id",
-        "marketplace.name",
-        "params.id",
-        "params.value",
-        "product.id",
-        "product.name",
-        "status",
-        "tiers.customer.external_id",
-        "tiers.customer.external_uid",
-        "tiers.customer.id",
-        "tiers.customer.name",
-        "tiers.tier1.id",
-        "tiers.tier2.id",
-    ],
+F_ASSETS = _endpoint(
+    "/assets",
     {
         "hub.id": "connection.hub.id",
         "hub.name": "connection.hub.name",
@@ -112,79 +59,14 @@ F_ASSETS = rql.Filterable(
         "updated": "events.updated.at",
     },
 )
-F_TIER_ACCOUNTS = rql.Filterable(
-    [
-        "contact_info.contact.email",
-        "db",
-        "events.created.at",
-        "external_id",
-        "external_uid",
-        "hub.id",
-        "hub.name",
-        "id",
-        "name",
-        "owner.id",
-        "owner.name",
-        "parent.id",
-        "parent.name",
-        "tax_id",
-        "type",
-        "version",
-        "scopes",
-    ]
-)
-F_MARKETPLACES = rql.Filterable(
-    [
-        "alt_currency_1",
-        "alt_currency_2",
-        "countries.id",
-        "currency",
-        "description",
-        "id",
-        "locales.id",
-        "locales.name",
-        "name",
-        "owner.id",
-        "owner.name",
-        "stats.contracts",
-        "stats.hubs",
-    ],
-    {"hubs.id": "hubs.hub.id", "hubs.name": "hubs.hub.name"},
-)
-F_HUBS = rql.Filterable(
-    [
-        "events.created.at",
-        "events.updated.at",
-        "id",
-        "instance.id",
-        "instance.type",
-        "name",
-        "stats.connections",
-        "stats.marketplaces",
-    ]
-)
-# Note: the spec declares no `type` filter on product connections; Connect ignores `type=...` there.
-F_CONNECTIONS = rql.Filterable(["hub.id", "hub.instance.id", "hub.name", "product_version_type"])
-F_TEMPLATES = rql.Filterable(["scope", "type"])
-F_USAGE_FILES = rql.Filterable(
-    [
-        "contract.id",
-        "contract.name",
-        "environment",
-        "external_id",
-        "id",
-        "marketplace.id",
-        "marketplace.name",
-        "name",
-        "product.id",
-        "product.name",
-        "provider.id",
-        "provider.name",
-        "schema",
-        "status",
-        "vendor.id",
-        "vendor.name",
-    ],
+F_TIER_ACCOUNTS = _endpoint("/tier/accounts")
+F_MARKETPLACES = _endpoint("/marketplaces", {"hubs.id": "hubs.hub.id", "hubs.name": "hubs.hub.name"})
+F_HUBS = _endpoint("/hubs")
+# The spec declares no `type` filter on product connections; Connect ignores `type=...` there.
+F_CONNECTIONS = _endpoint("/products/{product_product_id}/connections")
+F_TEMPLATES = _endpoint("/products/{product_product_id}/templates")
+F_USAGE_FILES = _endpoint(
+    "/usage/files",
     {
         "created.at": "events.created.at",
         "distribution_contract_id": "contract.id",
@@ -195,23 +77,11 @@ F_USAGE_FILES = rql.Filterable(
     },
 )
 USAGE_FILE_KEYS = ("usagefile.id", "usage_file")
-F_USAGE_RECORDS = rql.Filterable(
-    [
-        "asset.external_id",
-        "asset.external_uid",
-        "asset.id",
-        "asset_external_id",
-        "asset_external_uid",
-        "asset_id",
-        "end_date",
-        "item.id",
-        "item_id",
-        "product_id",
-        "start_date",
-        "status",
-        "usagefile.id",
-        "usagefile.schema",
-    ],
+CREATION_ORDER = "created_time"  # the records' ordering filter that is creation order
+# Records carry no creation time, so a filter on created_time reads start_date (an approximation);
+# ORDERING by created_time is creation order, modelled exactly in usage_records_page.
+F_USAGE_RECORDS = _endpoint(
+    "/usage/records",
     {
         "usage_file": "usagefile.id",
         "product.id": "product_id",
@@ -243,6 +113,22 @@ def _query(request: Request) -> rql.Query:
         raise ApiError(400, "INVALID_RQL", f"Invalid RQL query: {exc}") from exc
 
 
+def _allowed(q: rql.Query, filterable: rql.Filterable) -> rql.Query:
+    """``q`` if the endpoint takes its lookups and ordering; else Connect's 400.
+
+    The texts are django-rql's: "Bad ordering filter: <field>." (its details['error'], which
+    Connect sends in ``errors`` as it sends "Bad filter query." for a parsing error:
+    cloudblue/connect-python-sdk issue #115) and "RQL Lookup error" with the filter, lookup and
+    value django-rql reports. No public source shows Connect's error_code for these, so the
+    sandbox uses its own code for every RQL refusal, INVALID_RQL.
+    """
+    try:
+        filterable.check(q)
+    except rql.RQLError as exc:
+        raise ApiError(400, "INVALID_RQL", str(exc)) from exc
+    return q
+
+
 def create_app(store: Store, faults: Faults | None = None, max_limit: int = 1000) -> Callable:
     """The ASGI application: FastAPI routes wrapped in the auth / faults / stats middleware."""
     faults = faults or Faults()
@@ -267,7 +153,7 @@ def create_app(store: Store, faults: Faults | None = None, max_limit: int = 1000
         filterable: rql.Filterable,
         transform: Callable[[list[dict], rql.Query], list[dict]] | None = None,
     ) -> Response:
-        q = _query(request)
+        q = _allowed(_query(request), filterable)
         objs = objs_fn()
         pred = rql.compile_filter(q.filter, filterable)
         matched = [o for o in objs if pred(o)]
@@ -455,14 +341,23 @@ def _file_ids_of(node: rql.Node | None) -> tuple[list[str] | None, rql.Node | No
 
 
 def usage_records_page(store: Store, q: rql.Query, max_limit: int) -> Response:
+    """A page of usage records, in creation order unless ``ordering()`` says otherwise.
+
+    The records of a file are created in row order when the file is processed, so creation order
+    (what ``ordering(created_time)`` asks for, and the order without an ``ordering()``) is: files
+    in the order they were created, then each file's rows. That order is served by index
+    arithmetic; any other ordering sorts the matches (stably: ties keep creation order).
+    """
+    _allowed(q, F_USAGE_RECORDS)
     file_ids, residual = _file_ids_of(q.filter)
     with store.lock:
         store.auto_decide()
-        ids = list(store.usage_files) if file_ids is None else [f for f in file_ids if f in store.usage_files]
+        wanted = None if file_ids is None else set(file_ids)
+        ids = [f for f in store.usage_files if wanted is None or f in wanted]
         sources = [store.record_sources[f] for f in ids]
     limit, offset = rql.parse_page(q, DEFAULT_LIMIT, max_limit)
     exclusions = [s for s in q.select if s.startswith("-")]
-    by_index = not q.ordering or q.ordering in (["id"], ["+id"])
+    by_index = q.ordering in ([], [CREATION_ORDER])
     if residual is not None and _ignored(residual):
         residual = None  # django-rql ignores filters on undeclared properties
     pred = rql.compile_filter(residual, F_USAGE_RECORDS)
@@ -503,9 +398,7 @@ def usage_records_page(store: Store, q: rql.Query, max_limit: int) -> Response:
                 rec = s.record(i)
                 if pred(rec):
                     matches.append((s, i, rec))
-        recs = rql.apply_ordering([m[2] for m in matches], q.ordering, F_USAGE_RECORDS)
-        order = {id(r): n for n, r in enumerate(recs)}
-        matches.sort(key=lambda m: order[id(m[2])])
+        _order_records(matches, q.ordering, {id(s): n for n, s in enumerate(sources)})
         total = len(matches)
         if limit == 0:
             offset, chunk = 0, []
@@ -519,6 +412,20 @@ def usage_records_page(store: Store, q: rql.Query, max_limit: int) -> Response:
         media_type="application/json",
         headers={"Content-Range": rql.content_range(offset, len(rendered), total)},
     )
+
+
+def _order_records(
+    matches: list[tuple[RecordSource, int, dict]], ordering: list[str], file_position: dict[int, int]
+) -> None:
+    """Sort (source, index, record) triples in place by ``ordering``; ties keep creation order."""
+    for item in reversed(ordering):
+        descending = item.startswith("-")
+        name = item.lstrip("-")
+        if name == CREATION_ORDER:
+            matches.sort(key=lambda m: (file_position[id(m[0])], m[1]), reverse=descending)
+        else:
+            key = rql.sort_key_for(F_USAGE_RECORDS.path_of(name) or name)
+            matches.sort(key=lambda m, key=key: key(m[2]), reverse=descending)
 
 
 def _ignored(node: rql.Node) -> bool:

@@ -3,10 +3,23 @@
 Connect URL-decodes the whole query string and parses it as one RQL expression: top-level
 ``&``- or ``,``-joined terms are and-ed, ``or`` needs ``or(a,b)`` or a parenthesised ``(a|b)``,
 values with special characters are quoted with ``"..."`` or ``'...'``. ``limit=``/``offset=``,
-``select()`` and ``ordering()`` live in the same expression. A filter on a property the endpoint
-does not declare is ignored by django-rql (it becomes an empty ``Q()``), so the evaluator mirrors
-that: an unknown property matches everything instead of nothing. Tests rely on this to expose
-clients that filter on a misspelt key.
+``select()`` and ``ordering()`` live in the same expression. Filter names are read as written:
+django-rql looks ``asset__id`` up as its own filter, not as ``asset.id`` (its ``FilterArgs`` joins
+names with dots and never rewrites them; the spec declares both, with different lookups).
+
+What an endpoint accepts is its :class:`Filterable` (from :mod:`connect_sandbox.filter_table`),
+and it refuses what django-rql refuses (cloudblue/django-rql @
+5e6ade3d287e75d2b1fe3a568f2f1ed275957d15 : dj_rql/filter_cls.py):
+
+* a filter the endpoint does not declare is ignored (``build_q_for_filter`` returns an empty
+  ``Q()``): it matches everything instead of nothing. Tests rely on this to expose clients that
+  filter on a misspelt key;
+* a declared filter used with a lookup it does not declare raises ``RQLFilterLookupError``
+  (``_get_filter_lookup``): ``in``/``out`` need that list lookup and ``eq``/``ne`` for each value,
+  a null value (``null()`` or one of the filter's null values, unquoted) needs ``null`` and
+  ``eq``/``ne``, and ``empty()`` always takes ``eq``/``ne`` only;
+* ``ordering()`` refuses a second ``ordering()``, more than five fields, and any field whose filter
+  is not declared with ordering (``_apply_ordering``: "Bad ordering filter: ...").
 """
 
 from __future__ import annotations
@@ -18,6 +31,8 @@ from datetime import date, datetime, timezone
 from decimal import Decimal, InvalidOperation
 from typing import Any
 from urllib.parse import unquote
+
+from .spec_filters import LOOKUPS, FilterSpec
 
 COMPARISON_OPS = frozenset({"eq", "ne", "gt", "ge", "lt", "le", "like", "ilike"})
 LIST_OPS = frozenset({"in", "out"})
@@ -33,6 +48,18 @@ class RQLError(ValueError):
     """A query Connect would refuse with 400 (``INVALID_RQL``)."""
 
 
+class RQLLookupError(RQLError):
+    """A declared filter used with a lookup it does not declare (django-rql's RQLFilterLookupError)."""
+
+
+class RQLOrderingError(RQLError):
+    """An ``ordering()`` the endpoint does not allow (django-rql's "Bad ordering filter")."""
+
+
+# django-rql's RQLFilterClass.MAX_ORDERING_LENGTH_IN_QUERY (dj_rql/filter_cls.py).
+MAX_ORDERING_FIELDS = 5
+
+
 class _Null:
     def __repr__(self) -> str:
         return "null()"
@@ -45,6 +72,12 @@ class _Empty:
 
 NULL = _Null()
 EMPTY = _Empty()
+
+
+class Quoted(str):
+    """A value that was written in quotes: text, never a filter's null sentinel (``HB-0000-0000``)."""
+
+    __slots__ = ()
 
 
 @dataclass(frozen=True)
@@ -73,6 +106,7 @@ class Query:
     search: str | None = None
     select: list[str] = field(default_factory=list)
     ordering: list[str] = field(default_factory=list)
+    ordering_calls: int = 0  # django-rql allows one ordering() per query
 
 
 # --------------------------------------------------------------------------------------- parser
@@ -108,7 +142,7 @@ class _Parser:
             end = self.s.find(ch, self.i + 1)
             if end < 0:
                 raise self.error("unterminated quoted value")
-            text = self.s[self.i + 1 : end]
+            text = Quoted(self.s[self.i + 1 : end])
             self.i = end + 1
             if self.peek() and self.peek() not in _DELIMS:
                 raise self.error("unexpected text after a quoted value")
@@ -128,7 +162,7 @@ class _Parser:
         text = self.word().strip()
         if not _PROP_RE.match(text):
             raise self.error(f"invalid property {text!r}")
-        return text.replace("__", ".")
+        return text
 
     # grammar
     def parse(self) -> Query:
@@ -245,6 +279,8 @@ class _Parser:
             if not top:
                 raise self.error(f"{name}() is only allowed at the top level")
             getattr(self.query, name).extend(props)
+            if name == "ordering":
+                self.query.ordering_calls += 1
             return None
         if name == "limit":
             # limit(count[,offset]) as some RQL dialects write it
@@ -270,7 +306,7 @@ class _Parser:
             ok = bool(_PROP_RE.match(body)) or (allow_numbers and text.isdigit())
             if not ok:
                 raise self.error(f"invalid property {text!r}")
-            out.append(text[0] + body.replace("__", ".") if text[:1] in "+-" else body.replace("__", "."))
+            out.append(body if text[:1] == "+" else text)  # lib-rql drops the "+" of "+field"
             if self.peek() == ",":
                 self.i += 1
                 continue
@@ -409,22 +445,112 @@ def resolve(obj: Any, path: str) -> list[Any]:
     return current
 
 
-class Filterable:
-    """Which properties an endpoint filters on, and where each lives in its objects."""
+def _default_path(name: str) -> str:
+    return name.replace("__", ".")  # a Django-style name (asset__id) lives where its dotted twin does
 
-    def __init__(self, props: Iterable[str], aliases: Mapping[str, str] | None = None) -> None:
-        self.props = frozenset(props)
-        self.aliases = dict(aliases or {})
+
+class Filterable:
+    """The filters an endpoint declares (lookups, ordering, nulls), and where each lives in its objects.
+
+    ``filters`` is the endpoint's entry of :data:`connect_sandbox.filter_table.FILTERS`, or, for
+    ad hoc tables, plain names (each then takes every lookup and orders). ``paths`` says where a
+    filter's value sits in the served objects when that is not the filter's own name (e.g.
+    ``hubs.id`` -> ``hubs.hub.id``); every name in it must be declared.
+    """
+
+    def __init__(
+        self, filters: Mapping[str, FilterSpec] | Iterable[str], paths: Mapping[str, str] | None = None
+    ) -> None:
+        paths = dict(paths or {})
+        if isinstance(filters, Mapping):
+            self.filters: dict[str, FilterSpec] = dict(filters)
+            undeclared = sorted(set(paths) - set(self.filters))
+            if undeclared:
+                raise ValueError(f"paths given for filters the endpoint does not declare: {undeclared}")
+        else:
+            self.filters = {name: ANY_LOOKUP for name in (*filters, *paths)}
+        self.paths = paths
+
+    def spec_of(self, prop: str) -> FilterSpec | None:
+        return self.filters.get(prop)
 
     def path_of(self, prop: str) -> str | None:
-        if prop in self.aliases:
-            return self.aliases[prop]
-        if prop in self.props:
-            return prop
-        return None
+        """Where a declared filter reads its value; None for a filter the endpoint does not declare."""
+        if prop not in self.filters:
+            return None
+        return self.paths.get(prop) or _default_path(prop)
+
+    def ordering_names(self) -> list[str]:
+        return sorted(name for name, spec in self.filters.items() if spec.ordering)
+
+    def check(self, query: Query) -> None:
+        """Raise what django-rql raises for this query: a lookup error first, then a bad ordering."""
+        self._check_lookups(query.filter)
+        self._check_ordering(query)
+
+    def _check_lookups(self, node: Node | None) -> None:
+        if node is None:
+            return
+        if isinstance(node, Logical):
+            for child in node.children:
+                self._check_lookups(child)
+            return
+        spec = self.spec_of(node.prop)
+        if spec is None:
+            return  # not declared: ignored, never refused
+        if node.op in LIST_OPS:
+            if node.op not in spec.lookups:
+                first = node.value[0] if node.value else ""
+                raise _lookup_error(node.prop, node.op, first, spec)
+            for v in node.value:
+                self._check_one(node.prop, "eq" if node.op == "in" else "ne", v, spec)
+            return
+        self._check_one(node.prop, node.op, node.value, spec)
+
+    @staticmethod
+    def _check_one(name: str, op: str, value: Any, spec: FilterSpec) -> None:
+        available = spec.lookups
+        if is_null_value(value, spec) and ("null" not in available or op not in ("eq", "ne")):
+            raise _lookup_error(name, op, value, spec)
+        if value is EMPTY:
+            available = frozenset({"eq", "ne"})
+        if op not in available:
+            raise _lookup_error(name, op, value, spec)
+
+    def _check_ordering(self, query: Query) -> None:
+        if query.ordering_calls > 1:
+            raise RQLOrderingError("Bad ordering filter: query can contain only one ordering operation.")
+        if len(query.ordering) > MAX_ORDERING_FIELDS:
+            raise RQLOrderingError(f"Bad ordering filter: max allowed number is {MAX_ORDERING_FIELDS}.")
+        for item in query.ordering:
+            name = item[1:] if item.startswith("-") else item
+            spec = self.spec_of(name)
+            if spec is None or not spec.ordering:
+                raise RQLOrderingError(f"Bad ordering filter: {name}.")
 
 
+ANY_LOOKUP = FilterSpec(frozenset(LOOKUPS), ordering=True)
 ANY = Filterable(())  # a filter set that knows nothing: every comparison is ignored
+
+
+def is_null_value(value: Any, spec: FilterSpec | None) -> bool:
+    """``null()``, or an unquoted value the filter reads as null (``HB-0000-0000`` for ``hub.id``)."""
+    if value is NULL:
+        return True
+    return (
+        spec is not None
+        and isinstance(value, str)
+        and not isinstance(value, Quoted)
+        and value in spec.null_values
+    )
+
+
+def _lookup_error(name: str, lookup: str, value: Any, spec: FilterSpec) -> RQLLookupError:
+    allowed = ", ".join(lk for lk in LOOKUPS if lk in spec.lookups) or "none"
+    return RQLLookupError(
+        f"RQL Lookup error: filter {name!r} does not support lookup {lookup!r} "
+        f"(value {str(value)!r}); its lookups are: {allowed}."
+    )
 
 
 def _positive(op: str) -> str:
@@ -452,18 +578,21 @@ def _compile(node: Node | None, filterable: Filterable | None) -> Callable[[Any]
             return lambda obj: any(p(obj) for p in parts)
         only = parts[0]
         return lambda obj: not only(obj)
-    path = node.prop if filterable is None else filterable.path_of(node.prop)
+    path = _default_path(node.prop) if filterable is None else filterable.path_of(node.prop)
     if path is None:
         return None
+    spec = None if filterable is None else filterable.spec_of(node.prop)
     op, value = node.op, node.value
     if op in LIST_OPS:
-        values = value
+        values = tuple(NULL if is_null_value(v, spec) else v for v in value)
 
         def member(obj: Any) -> bool:
             found = resolve(obj, path) or [None]
             return any(_compare("eq", fv, v) for fv in found for v in values)
 
         return member if op == "in" else (lambda obj: not member(obj))
+    if is_null_value(value, spec):
+        value = NULL
     if op in ("ne",):
 
         def not_equal(obj: Any) -> bool:
@@ -488,7 +617,7 @@ def paths_of(node: Node | None, filterable: Filterable | None) -> set[str]:
         for c in node.children:
             out |= paths_of(c, filterable)
         return out
-    path = node.prop if filterable is None else filterable.path_of(node.prop)
+    path = _default_path(node.prop) if filterable is None else filterable.path_of(node.prop)
     return set() if path is None else {path}
 
 
@@ -513,7 +642,7 @@ def apply_ordering(items: list[Any], ordering: list[str], filterable: Filterable
     for spec in reversed(ordering):
         desc = spec.startswith("-")
         prop = spec.lstrip("+-")
-        path = prop if filterable is None else (filterable.path_of(prop) or prop)
+        path = _default_path(prop) if filterable is None else (filterable.path_of(prop) or prop)
         result.sort(key=sort_key_for(path), reverse=desc)
     return result
 

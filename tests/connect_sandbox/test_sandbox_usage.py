@@ -104,8 +104,10 @@ def test_the_usage_files_list_filters_by_status_and_product(api) -> None:
 
 
 def test_records_filter_by_dates_by_scanning(api) -> None:
+    # start_date filters but does not order records; usage_start_time is the spec's ordering on it
     r = api.get(
-        "/usage/records", "usagefile.id=UF-2026-10-0000000001&ge(start_date,2026-10-30)&ordering(-start_date)"
+        "/usage/records",
+        "usagefile.id=UF-2026-10-0000000001&ge(start_date,2026-10-30)&ordering(-usage_start_time)",
     )
     assert r.headers["Content-Range"] == "items 0-1/2"
     assert [rec["start_date"] for rec in r.json()] == [

@@ -219,3 +219,25 @@ def test_errors_the_spec_does_not_declare_still_use_its_error_shape(check, sandb
     check.error(check.api.get("/hubs"))
     sandbox.set_faults("500=1")
     check.error(check.api.get("/hubs"))
+
+
+def test_refused_lookups_and_orderings_conform_to_the_declared_400_of_usage_records(check) -> None:
+    check.error(check("GET", "/usage/records", "ordering(id)", status=400))
+    check.error(check("GET", "/usage/records", "gt(usagefile.id,UF-2026-10-0000000001)", status=400))
+    check.error(check("GET", "/usage/files", "ordering(created)", status=400))
+
+
+def test_refused_lookups_and_orderings_elsewhere_still_use_the_specs_error_shape(check) -> None:
+    for path, query in (
+        ("/requests", "ordering(id)"),
+        ("/requests", "ge(id,PR-0000-0000-0001-001)"),
+        ("/assets", "eq(created,2026-09-01)"),
+        ("/tier/accounts", "ordering(id)"),
+        ("/marketplaces", "ge(name,EU)"),
+        ("/hubs", "ordering(instance.id)"),
+        ("/products/PRD-276-377-545/connections", "ordering(hub.id)"),
+        ("/products/PRD-276-377-545/templates", "gt(type,x)"),
+    ):
+        r = check.api.get(path, query)
+        assert r.status_code == 400, (path, query, r.text)
+        check.error(r)

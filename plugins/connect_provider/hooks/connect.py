@@ -65,6 +65,8 @@ __all__ = [
     "DEFAULT_MAX_WAIT",
     "DEFAULT_PAGE_SIZE",
     "DEFAULT_TIMEOUT",
+    "REQUESTS_ORDERING",
+    "USAGE_RECORDS_ORDERING",
     "USAGE_RECORDS_PAGE_SIZE",
     "ConnectHook",
     "RawPage",
@@ -78,6 +80,22 @@ DEFAULT_PAGE_SIZE = 100
 #: Page size of usage-record reads when nothing else sets one: records are small and many.
 USAGE_RECORDS_PAGE_SIZE = 1000
 MAX_PAGE_SIZE = 1000
+#: Offset pages are only consistent under an ORDER BY, so paged lists ask for one the endpoint
+#: allows (spec v37: an ordering on any other field is Connect's 400 "Bad ordering filter").
+#: Requests: by creation, oldest first. CloudBlue's Zapier app pages them by offset ordered by
+#: ``-created`` (cloudblue/connect-fulfillment-zapier-app @ d6b7645 :
+#: lib/connect/api/assetRequests/actions.js); ascending, a request created while the list is read
+#: lands on a later page instead of shifting every page by one.
+REQUESTS_ORDERING = ("created",)
+#: Usage records: the spec orders them by created_time, usage_start_time and status only (no
+#: unique key; ``ordering(id)`` is a 400), and CloudBlue's clients send no ordering at all
+#: (cloudblue/connect-reports @ b408690 : reports/usage_in_subscription/entrypoint.py; the
+#: official client's iterator only steps the offset, cloudblue/connect-python-openapi-client @
+#: 7cd0e02 : connect/client/models/iterators.py). created_time is the most stable of the three:
+#: immutable, and close to unique as records are created one by one, where status changes while
+#: a file is read and usage_start_time is shared by a whole period. The exporter's count and
+#: unique-id checks still fail an export whose pages skipped or repeated a record.
+USAGE_RECORDS_ORDERING = ("created_time",)
 #: Read timeout of one call, seconds.
 DEFAULT_TIMEOUT = 60.0
 #: Connecting never waits longer than this (or ``timeout`` if smaller).
@@ -902,9 +920,18 @@ class ConnectHook(HttpHook):
         """``GET /requests/{id}``; ConnectNotFoundError if there is none."""
         return self.get(f"/requests/{_id_segment(request_id, 'request_id')}")
 
-    def list_requests(self, query: R | str | None = None) -> list[dict[str, Any]]:
-        """All requests matching ``query`` (RQL), read page by page."""
-        return list(self.iter_items("/requests", query))
+    def list_requests(
+        self,
+        query: R | str | None = None,
+        *,
+        ordering: str | Sequence[str] | None = REQUESTS_ORDERING,
+    ) -> list[dict[str, Any]]:
+        """All requests matching ``query`` (RQL), read page by page, oldest first by default.
+
+        The ordering keeps offset pages from skipping or repeating requests; it must be one
+        ``GET /requests`` allows (``created``, ``updated``, ``status``, ...), not ``id``.
+        """
+        return list(self.iter_items("/requests", query, ordering=ordering))
 
     def approve_request(
         self, request_id: str, template_id: str, effective_date: dt.date | str | None = None
@@ -1034,6 +1061,7 @@ class ConnectHook(HttpHook):
             "/usage/records",
             R().usagefile.id.eq(usage_file_id.strip()),
             page_size,
+            ordering=USAGE_RECORDS_ORDERING,
             label=f"usage records of {usage_file_id.strip()}",
             default_page_size=USAGE_RECORDS_PAGE_SIZE,
         )
@@ -1047,6 +1075,7 @@ class ConnectHook(HttpHook):
             "/usage/records",
             R().usagefile.id.eq(usage_file_id.strip()),
             page_size,
+            ordering=USAGE_RECORDS_ORDERING,
             label=f"usage records of {usage_file_id.strip()}",
             default_page_size=USAGE_RECORDS_PAGE_SIZE,
         )

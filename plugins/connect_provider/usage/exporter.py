@@ -64,6 +64,8 @@ DEFAULT_STATUSES = (
     UsageFileStatus.ACCEPTED.value,
     UsageFileStatus.CLOSED.value,
 )
+# Creation order, the id breaking ties: both are orderings GET /usage/files allows (spec v37).
+USAGE_FILES_ORDERING = ("created.at", "id")
 
 
 class PageLike(Protocol):
@@ -472,6 +474,11 @@ def validate_statuses(statuses: Iterable[str] | str) -> list[str]:
 def list_usage_files(
     hook: ConnectHook, statuses: Iterable[str] | str = DEFAULT_STATUSES
 ) -> list[dict[str, Any]]:
-    """Usage files in the given statuses (``GET /usage/files?in(status,(...))``), every page."""
+    """Usage files in the given statuses (``GET /usage/files?in(status,(...))``), every page.
+
+    Read in creation order with the id breaking ties (both orderings ``/usage/files`` allows), so
+    offset pages neither skip nor repeat a file.
+    """
     wanted = validate_statuses(statuses)
-    return list(hook.iter_items("/usage/files", query=f"in(status,({','.join(wanted)}))"))
+    query = f"in(status,({','.join(wanted)}))"
+    return list(hook.iter_items("/usage/files", query=query, ordering=USAGE_FILES_ORDERING))

@@ -96,8 +96,9 @@ def test_iter_items_and_count_agree_with_a_filter(sandbox) -> None:
 
 def test_ordering_and_select_are_sent_with_the_query(sandbox) -> None:
     hook = ConnectHook(page_size=3)
-    ascending = [a["id"] for a in hook.iter_items("/assets", ordering="id")]
-    descending = [a["id"] for a in hook.iter_items("/assets", ordering=["-id"])]
+    # /assets orders by created, not by id (spec v37); the seeded assets were created in id order
+    ascending = [a["id"] for a in hook.iter_items("/assets", ordering="created")]
+    descending = [a["id"] for a in hook.iter_items("/assets", ordering=["-created"])]
     assert ascending == sorted(ascending) and descending == ascending[::-1]
     assert len(ascending) >= 6
     trimmed = next(hook.iter_pages("/requests", select="-asset.items"))
