@@ -28,7 +28,8 @@ records it.
 
 What remains: a create whose answer never came (read timeout) and that Connect applies only after
 the hold has expired (``lease_seconds``, checked to be longer than the connection lets one create
-last). Connect itself answers such a second create with 409 naming the existing request, and a
+last), and a process frozen between renewing its hold and sending the create for longer than the
+lease. Connect itself answers such a second create with 409 naming the existing request, and a
 409 that names one is recorded as that request (``reused``), not as a rejection.
 """
 
