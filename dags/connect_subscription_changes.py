@@ -6,10 +6,13 @@ claim -> chunk -> submit_chunk (mapped over chunks, in the ``cloudblue_connect_a
   ``connect_changes_db``; a SQLite file in the data folder when it is not defined) under this run's
   claim token; a concurrent run never gets the same rows.
 * ``submit_chunk`` creates (or reuses) each row's request and writes back the request id and
-  status; invalid input makes the row ``rejected`` with the reason, the other rows go on.
+  status; invalid input makes the row ``rejected`` with the reason, the other rows go on. Each
+  task attempt holds the row it works on under its own token, so a retry never creates a request
+  that an earlier attempt, still running, is creating.
 * ``follow`` re-checks the submitted rows in reschedule mode (no worker slot held between pokes)
   until Connect has decided them or ``follow_timeout_seconds`` after the run started; rows still
-  open stay ``submitted`` and the next run follows them.
+  open stay ``submitted`` and the next run follows them. A row whose request cannot be found is
+  marked ``failed`` after ``max_missing_checks`` checks in a row.
 
 Parse-time settings come from environment variables (``CONNECT_CHANGES_SCHEDULE``, default every
 5 minutes; ``CONNECT_CHANGES_FOLLOW_POKE_SECONDS``...): see ``connect_provider.changes.DagSettings``.
@@ -65,6 +68,13 @@ SETTINGS = changes.DagSettings.from_env()
             title="Follow timeout (seconds)",
             description="How long after the run's start it waits for Connect's decisions.",
         ),
+        "max_missing_checks": Param(
+            SETTINGS.max_missing_checks,
+            type="integer",
+            minimum=1,
+            title="Checks before a missing request fails its change",
+            description="Checks in a row that may miss a row's request before the row is marked failed.",
+        ),
         "connect_conn_id": Param(
             DEFAULT_CONN_ID,
             type="string",
@@ -98,7 +108,10 @@ def connect_subscription_changes() -> None:
     def submit_chunk(chunk: dict, params: dict | None = None) -> dict:
         p = params or {}
         return changes.submit_claimed_chunk(
-            chunk, connect_conn_id=p["connect_conn_id"], changes_conn_id=p["changes_conn_id"]
+            chunk,
+            connect_conn_id=p["connect_conn_id"],
+            changes_conn_id=p["changes_conn_id"],
+            lease_seconds=p["lease_seconds"],
         )
 
     @task.sensor(
@@ -115,6 +128,7 @@ def connect_subscription_changes() -> None:
             connect_conn_id=p["connect_conn_id"],
             changes_conn_id=p["changes_conn_id"],
             deadline=changes.follow_deadline(dag_run.start_date, p["follow_timeout_seconds"]),
+            max_missing_checks=p["max_missing_checks"],
         )
         return PokeReturnValue(is_done=done, xcom_value=counts)
 

@@ -11,8 +11,28 @@ rows of a run that crashed are claimed again later, and the action's reuse of an
 that second try create nothing new. Two concurrent claimers never get the same row: PostgreSQL uses
 ``SELECT ... FOR UPDATE SKIP LOCKED``; SQLite serialises writers with ``BEGIN IMMEDIATE``.
 
-Every write-back is conditional (on the claim token for submissions, on the request id and an open
-status for follow-ups), so a late writer whose claim was taken over changes nothing.
+A claim has two levels. The run claims a batch under its run token (stable across task retries, so
+a retry finds its rows again); then, row by row, the task attempt working on a row takes it under
+its own *attempt token* (``<run token>#<attempt id>``), and renews that hold right before it creates
+anything on Connect (:meth:`Outbox.take`, :meth:`Outbox.hold`). Why: a task attempt that Airflow has
+given up on may still be running (a zombie) while its retry runs with the same run token; without
+the per-attempt hold both could look for an open request, find none, and both create one. With
+it, a row held by one attempt is left alone by every other attempt, and a lost hold stops the
+create before it is sent. The price: the one row an attempt that really died was working on is
+taken again only when its hold expires (``lease_seconds``), by whichever run comes next.
+
+Rows the pipeline cannot finish end ``failed``, with the reason in ``error``, not in a status of
+their own: a row whose request id cannot be looked up (empty, or holding both quote characters),
+and a row whose request Connect did not return in ``max_missing_checks`` checks in a row
+(``error`` starts ``not found on Connect``). Why not a new status: the DDL is applied with
+``IF NOT EXISTS``, so every table created before would keep its old ``CHECK`` on ``status`` and
+refuse the new value, and the refused write-back would stop following for every row, the very
+fault this avoids; and ``failed`` already says what the application must act on: the change was
+not applied on Connect, and ``error`` says why (Connect's reason, ``revoked: ...``,
+``not found on Connect: ...`` or ``connect_request_id: ...``).
+
+Every write-back is conditional (on the holding token for submissions, on the request id and an
+open status for follow-ups), so a late writer whose claim was taken over changes nothing.
 
 Plain DB-API (``sqlite3``, ``psycopg2``): this module needs no task context and no SQLAlchemy, and
 is tested without a DAG run.
@@ -41,8 +61,13 @@ DEFAULT_SQLITE_FILENAME = "connect_changes.sqlite"
 #: Seconds after which a claim that was never written back may be taken by another run.
 DEFAULT_LEASE_SECONDS = 3600
 CHANGE_TYPES: tuple[str, ...] = ("purchase", "change", "suspend", "resume", "cancel")
+#: Joins a run token and an attempt id into the token of one task attempt (``dag/run#attempt``).
+ATTEMPT_SEPARATOR = "#"
+# The payload is read as text on both databases and decoded once here: psycopg2 would otherwise
+# decode jsonb itself, and a second decoding would turn a JSON string holding an encoded object
+# into that object on PostgreSQL only.
 _COLUMNS = (
-    "id, change_type, asset_external_id, asset_external_uid, payload, status, connect_request_id, "
+    "id, change_type, asset_external_id, asset_external_uid, {payload}, status, connect_request_id, "
     "error, attempts, claim_token, claimed_at, created_at, updated_at"
 )
 # Connection extras handed to libpq (others, like the Postgres provider's own, are ignored).
@@ -89,9 +114,20 @@ class OutboxError(ConnectError):
     """The outbox database is missing, misconfigured or lacks the table."""
 
 
+def attempt_token(run_token: str, attempt_id: str) -> str:
+    """The token under which one task attempt of the run ``run_token`` holds the row it works on."""
+    if not run_token or not attempt_id:
+        raise ValueError("run token and attempt id must be non-empty strings")
+    return f"{run_token}{ATTEMPT_SEPARATOR}{attempt_id}"
+
+
 @dataclass(frozen=True)
 class Change:
-    """One outbox row as the pipeline sees it (``payload`` decoded from JSON when it parses)."""
+    """One outbox row as the pipeline sees it (``payload`` decoded from JSON when it parses).
+
+    ``payload_error`` says why the payload column could not be decoded (``payload`` is then the
+    raw text); None when it is JSON, whatever JSON value it holds.
+    """
 
     id: int
     change_type: str
@@ -106,6 +142,7 @@ class Change:
     claimed_at: Any
     created_at: Any
     updated_at: Any
+    payload_error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -113,7 +150,7 @@ class Outcome:
     """A follow-up result for one row: its new status and, for a failure, the reason."""
 
     change_id: int
-    connect_request_id: str
+    connect_request_id: str | None
     status: str
     error: str | None = None
 
@@ -145,15 +182,22 @@ def _split_statements(script: str) -> list[str]:
     return [stmt.strip() for stmt in "\n".join(lines).split(";") if stmt.strip()]
 
 
-def _decode_payload(raw: Any) -> Any:
-    if isinstance(raw, (bytes, bytearray)):
-        raw = raw.decode()
-    if isinstance(raw, str):
-        try:
-            return json.loads(raw)
-        except ValueError:
-            return raw  # left as text: the pipeline rejects the row with the parse error
-    return raw
+def _decode_payload(raw: Any) -> tuple[Any, str | None]:
+    """(the decoded JSON value, None), or (the raw text, why it is not JSON).
+
+    The column is read as text on both databases, so this is the only decoding: a JSON string
+    (``'"purchase"'``) stays a Python ``str`` and is refused by the pipeline as not an object.
+    """
+    if isinstance(raw, (bytes, bytearray, memoryview)):
+        raw = bytes(raw).decode("utf-8", errors="replace")
+    if raw is None:
+        return None, None
+    if not isinstance(raw, str):
+        return raw, None  # a driver that decoded the value already
+    try:
+        return json.loads(raw), None
+    except ValueError as exc:
+        return raw, f"not JSON ({exc})"
 
 
 class Outbox:
@@ -170,6 +214,7 @@ class Outbox:
         self.description = description or dialect
         self._connect = connect
         self._conn: Any = None
+        self._columns = _COLUMNS.format(payload="payload::text" if dialect == "postgres" else "payload")
 
     # -- construction -------------------------------------------------------------------------
 
@@ -453,18 +498,52 @@ class Outbox:
         return [int(row[0]) for row in rows]
 
     def claimed(self, token: str, ids: Sequence[int]) -> list[Change]:
-        """The rows among ``ids`` that are still pending and held by ``token`` (others are done)."""
+        """The rows among ``ids`` still pending and held by the run ``token`` or one of its attempts.
+
+        Rows held by an attempt are included (their ``claim_token`` says which): the caller takes
+        each row with :meth:`take` before working on it, which fails while another attempt holds it.
+        """
+        prefix = f"{token}{ATTEMPT_SEPARATOR}"
         found: list[Change] = []
         for part in _batches(ids, 500):
             marks = ", ".join("?" for _ in part)
             found.extend(
                 self._changes(
-                    f"SELECT {_COLUMNS} FROM {TABLE} WHERE status = 'pending' AND claim_token = ? "
+                    f"SELECT {self._columns} FROM {TABLE} WHERE status = 'pending' "
+                    "AND (claim_token = ? OR substr(claim_token, 1, ?) = ?) "
                     f"AND id IN ({marks}) ORDER BY id",
-                    (token, *part),
+                    (token, len(prefix), prefix, *part),
                 )
             )
         return found
+
+    def take(self, change_id: int, run_token: str, attempt: str) -> bool:
+        """The attempt ``attempt`` takes a pending row of its run before working on it.
+
+        True when the row is pending and held by the run itself or already by this attempt; False
+        when another attempt holds it (a zombie of an earlier try may still be creating its
+        request), when another run took it over, or when it is written back already. The hold is
+        stamped with the database's clock: it counts as a claim for ``lease_seconds`` like the
+        run's, so other runs leave the row alone meanwhile.
+        """
+        statement = (
+            f"UPDATE {TABLE} SET claim_token = ?, claimed_at = {self._now()}, updated_at = {self._now()} "
+            "WHERE id = ? AND status = 'pending' AND claim_token IN (?, ?)"
+        )
+        return self._update_one(statement, (attempt, int(change_id), run_token, attempt))
+
+    def hold(self, change_id: int, attempt: str) -> bool:
+        """Renew the hold of ``attempt`` on a row right before it creates the row's request.
+
+        True only while ``attempt`` still holds the row: the create is sent only then, and no
+        other run may take the row for ``lease_seconds`` after this renewal, longer than one create
+        can last. False means the hold was lost, and the caller must not create anything.
+        """
+        statement = (
+            f"UPDATE {TABLE} SET claimed_at = {self._now()} "
+            "WHERE id = ? AND status = 'pending' AND claim_token = ?"
+        )
+        return self._update_one(statement, (int(change_id), attempt))
 
     def release(self, token: str, ids: Sequence[int], error: str | None = None) -> int:
         """Give claimed rows back (still pending) so any run may take them now; returns how many.
@@ -520,10 +599,14 @@ class Outbox:
     # -- following --------------------------------------------------------------------------
 
     def to_follow(self, limit: int, *, after_id: int = 0) -> list[Change]:
-        """Rows whose Connect request is not final yet (submitted, inquiring), by id, after ``after_id``."""
+        """Rows whose Connect request is not final yet (submitted, inquiring), by id, after ``after_id``.
+
+        A row without a request id is included too: it has nothing to follow, and the follower
+        marks it with that reason instead of leaving it open for ever.
+        """
         return self._changes(
-            f"SELECT {_COLUMNS} FROM {TABLE} WHERE status IN ('submitted', 'inquiring') "
-            "AND connect_request_id IS NOT NULL AND id > ? ORDER BY id LIMIT ?",
+            f"SELECT {self._columns} FROM {TABLE} WHERE status IN ('submitted', 'inquiring') "
+            "AND id > ? ORDER BY id LIMIT ?",
             (int(after_id), int(limit)),
         )
 
@@ -533,10 +616,15 @@ class Outbox:
         Only rows still open with the same request id change, so two followers racing, or a
         follower racing a resubmission, never overwrite a newer result. Returns rows updated.
         """
+        same_request = (
+            "connect_request_id IS ?"
+            if self.dialect == "sqlite"
+            else ("connect_request_id IS NOT DISTINCT FROM ?")
+        )
         statement = (
             f"UPDATE {TABLE} SET status = ?, error = ?, attempts = attempts + 1, "
             f"updated_at = {self._now()} "
-            "WHERE id = ? AND connect_request_id = ? AND status IN ('submitted', 'inquiring')"
+            f"WHERE id = ? AND {same_request} AND status IN ('submitted', 'inquiring')"
         )
         updated = 0
         with self._transaction() as cur:
@@ -553,13 +641,13 @@ class Outbox:
         for part in _batches(ids, 500):
             marks = ", ".join("?" for _ in part)
             found.extend(
-                self._changes(f"SELECT {_COLUMNS} FROM {TABLE} WHERE id IN ({marks}) ORDER BY id", part)
+                self._changes(f"SELECT {self._columns} FROM {TABLE} WHERE id IN ({marks}) ORDER BY id", part)
             )
         return found
 
     def all(self) -> list[Change]:
         """Every row, in id order (for demos, tests and benchmarks; not for the DAG's hot path)."""
-        return self._changes(f"SELECT {_COLUMNS} FROM {TABLE} ORDER BY id")
+        return self._changes(f"SELECT {self._columns} FROM {TABLE} ORDER BY id")
 
     def counts(self) -> dict[str, int]:
         """Rows per status (every status present, zero when none)."""
@@ -569,24 +657,28 @@ class Outbox:
         return counts
 
     def _changes(self, statement: str, params: Sequence[Any] = ()) -> list[Change]:
-        return [
-            Change(
-                id=int(row[0]),
-                change_type=row[1],
-                asset_external_id=row[2],
-                asset_external_uid=row[3],
-                payload=_decode_payload(row[4]),
-                status=row[5],
-                connect_request_id=row[6],
-                error=row[7],
-                attempts=int(row[8]),
-                claim_token=row[9],
-                claimed_at=row[10],
-                created_at=row[11],
-                updated_at=row[12],
+        found: list[Change] = []
+        for row in self._query(statement, params):
+            payload, payload_error = _decode_payload(row[4])
+            found.append(
+                Change(
+                    id=int(row[0]),
+                    change_type=row[1],
+                    asset_external_id=row[2],
+                    asset_external_uid=row[3],
+                    payload=payload,
+                    status=row[5],
+                    connect_request_id=row[6],
+                    error=row[7],
+                    attempts=int(row[8]),
+                    claim_token=row[9],
+                    claimed_at=row[10],
+                    created_at=row[11],
+                    updated_at=row[12],
+                    payload_error=payload_error,
+                )
             )
-            for row in self._query(statement, params)
-        ]
+        return found
 
 
 def _batches(values: Sequence[int], size: int) -> Iterator[list[int]]:

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from connect_provider.outbox import TABLE, ChangeStatus, Outbox, OutboxError, Outcome
+from connect_provider.outbox import TABLE, ChangeStatus, Outbox, OutboxError, Outcome, attempt_token
 
 
 @pytest.fixture(scope="module")
@@ -321,3 +321,49 @@ def test_a_later_change_of_an_asset_waits_until_the_earlier_one_is_decided(outbo
     assert outbox.claim("run-2", 10) == []  # the purchase is submitted, not decided
     outbox.record_outcomes([Outcome(purchase, "PR-1", "approved")])
     assert outbox.claim("run-3", 10) == [change]
+
+
+class TestAttemptHolds:
+    """Within a run, one task attempt at a time holds a row: take, hold (renew) and write back."""
+
+    def test_an_attempt_takes_a_row_of_its_run_and_another_attempt_cannot(self, outbox: Outbox) -> None:
+        [change_id] = _purchases(outbox, 1)
+        outbox.claim("run-a", 1)
+        first, second = attempt_token("run-a", "1"), attempt_token("run-a", "2")
+
+        assert outbox.take(change_id, "run-a", first) is True
+        assert outbox.take(change_id, "run-a", second) is False
+        assert outbox.take(change_id, "run-a", first) is True  # the same attempt, trying the row again
+        assert [row.claim_token for row in outbox.claimed("run-a", [change_id])] == [first]
+
+    @pytest.mark.parametrize(
+        ("writer", "landed"),
+        [("1", True), ("2", False)],
+        ids=["the holding attempt", "another attempt of the run"],
+    )
+    def test_only_the_holding_attempt_renews_and_writes_back(
+        self, outbox: Outbox, writer: str, landed: bool
+    ) -> None:
+        [change_id] = _purchases(outbox, 1)
+        outbox.claim("run-a", 1)
+        outbox.take(change_id, "run-a", attempt_token("run-a", "1"))
+        token = attempt_token("run-a", writer)
+
+        assert outbox.hold(change_id, token) is landed
+        assert outbox.mark_submitted(change_id, token, "PR-1", "submitted") is landed
+        assert (
+            outbox.mark_submitted(change_id, "run-a", "PR-2", "submitted") is False
+        )  # the run token no longer
+
+    def test_a_held_row_is_left_to_other_runs_until_the_lease_expires(self, outbox: Outbox) -> None:
+        [change_id] = _purchases(outbox, 1)
+        outbox.claim("run-a", 1)
+        held_by = attempt_token("run-a", "1")
+        outbox.take(change_id, "run-a", held_by)
+
+        assert outbox.claim("run-b", 10, lease_seconds=600) == []
+        assert outbox.claim("run-a", 10, lease_seconds=600) == []  # not even its own run re-claims it
+        old = "'2000-01-01T00:00:00.000Z'" if outbox.dialect == "sqlite" else "now() - interval '1 hour'"
+        outbox.execute_script(f"UPDATE {TABLE} SET claimed_at = {old} WHERE id = {change_id}")
+        assert outbox.claim("run-b", 10, lease_seconds=600) == [change_id]
+        assert outbox.hold(change_id, held_by) is False  # the stale attempt may not create any more

@@ -374,8 +374,10 @@ def wait_for_status(api, rid: str, status: str, timeout: float = 10.0) -> dict:
 
 
 def test_the_vendor_approves_api_created_requests_after_the_delay(api, purchase) -> None:
-    rid = api.post("/requests", purchase("auto-1")).json()["id"]
-    assert api.get(f"/requests/{rid}").json()["status"] == "pending"
+    created = api.post("/requests", purchase("auto-1")).json()
+    rid = created["id"]
+    # The create's own answer: a read after it may already come after the delay on a busy machine.
+    assert created["status"] == "pending"
     req = wait_for_status(api, rid, "approved")
     assert req["status"] == "approved"
     assert req["asset"]["status"] == "active"

@@ -121,12 +121,14 @@ def test_two_concurrent_runs_over_one_outbox_create_each_request_once(sandbox, c
         {"change_type": "purchase", "asset_external_id": f"conc-{i}", "payload": PURCHASE} for i in range(60)
     )
     reports: dict[str, list[dict]] = {}
+    claimed: dict[str, list[int]] = {}
     barrier = threading.Barrier(2)
 
     def run(run_id: str) -> None:
         # The DAG's claim -> chunk -> submit_chunk steps, as two runs would execute them.
         barrier.wait()
         claim = changes.claim_changes(changes.run_token(DAG_ID, run_id), batch_size=40)
+        claimed[run_id] = claim["ids"]
         reports[run_id] = [changes.submit_claimed_chunk(c) for c in changes.chunk_claim(claim, 7)]
 
     threads = [threading.Thread(target=run, args=(f"manual__run-{n}",)) for n in (1, 2)]
@@ -135,7 +137,15 @@ def test_two_concurrent_runs_over_one_outbox_create_each_request_once(sandbox, c
     for thread in threads:
         thread.join()
 
-    assert sorted(sum(r["claimed"] for r in runs) for runs in reports.values()) == [20, 40]
+    # What a claim promises, however the two claims interleave (under SKIP LOCKED they may split
+    # the 60 rows 21/39 as well as 20/40): each run at most its batch size, no row in both, and
+    # between them every row; each run's chunks worked on exactly the rows it claimed.
+    assert sorted(claimed) == sorted(reports) == ["manual__run-1", "manual__run-2"]
+    assert all(len(got) <= 40 for got in claimed.values()), {k: len(v) for k, v in claimed.items()}
+    assert sorted(i for got in claimed.values() for i in got) == ids
+    assert {run: sum(r["claimed"] for r in runs) for run, runs in reports.items()} == {
+        run: len(got) for run, got in claimed.items()
+    }
     rows = outbox.get(ids)
     assert {row.status for row in rows} == {"submitted"}
     assert len({row.connect_request_id for row in rows}) == 60

@@ -117,12 +117,12 @@ def test_inquiring_counts_as_failure_only_when_listed(sandbox):
 def test_the_trigger_times_out_at_its_end_time(sandbox):
     started = time.monotonic()
     [event] = events_of(
-        ConnectRequestTrigger(request_id=SEEDED_PENDING, poll_interval=5, end_time=time.time() + 0.3)
+        ConnectRequestTrigger(request_id=SEEDED_PENDING, poll_interval=120, end_time=time.time() + 0.3)
     )
     assert event.payload["status"] == "timeout"
     assert event.payload["request_status"] == "pending"
-    # It slept only until the end time, not a whole poll interval.
-    assert time.monotonic() - started < 4
+    # It slept only until the end time, not a whole poll interval (a margin no load can eat).
+    assert time.monotonic() - started < 60
 
 
 def test_an_unreadable_request_ends_with_an_error_event(sandbox):
