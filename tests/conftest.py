@@ -6,23 +6,21 @@ folder per test session.
 
 The ``sandbox`` fixture runs the Connect sandbox as a real server in a subprocess (the provider is
 tested over real HTTP, never against mocks of itself) and points the default Connect connection at
-it through ``AIRFLOW_CONN_CLOUDBLUE_CONNECT_DEFAULT``.
+it through ``AIRFLOW_CONN_CLOUDBLUE_CONNECT_DEFAULT``. It is started by the project's one launcher,
+:mod:`connect_sandbox.testing`, which the benchmarks and the scripts use too.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import socket
-import subprocess
-import sys
 import tempfile
-import time
-import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from connect_sandbox.testing import Sandbox, running_sandbox
 
 ROOT = Path(__file__).resolve().parent.parent
 _SESSION_DIR = Path(tempfile.mkdtemp(prefix="connect-tests-"))
@@ -34,97 +32,26 @@ os.environ.setdefault("AIRFLOW__CORE__PLUGINS_FOLDER", str(_SESSION_DIR / "no_pl
 os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "True")
 os.environ.setdefault("AIRFLOW__CORE__PARALLELISM", "4")
 
-SANDBOX_API_KEY = "ApiKey SU-000-000-000:sandbox-demo-key"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Sandbox:
-    """A running ``connect-sandbox`` process and the handles tests need."""
-
-    def __init__(self, args: list[str], log_path: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.api_url = f"{self.url}/public/v1"
-        self.api_key = SANDBOX_API_KEY
-        self.log_path = log_path
-        cmd = [sys.executable, "-m", "connect_sandbox.cli", "--host", "127.0.0.1", "--port", str(self.port)]
-        self._log = open(log_path, "wb")
-        self.proc = subprocess.Popen([*cmd, *args], stdout=self._log, stderr=subprocess.STDOUT)
-        self._wait_ready()
-
-    def _wait_ready(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"sandbox exited with {self.proc.returncode}; log: {self.log_path}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/_sandbox/health", timeout=1) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.1)
-        raise RuntimeError(f"sandbox did not answer within {timeout}s; log: {self.log_path}")
-
-    def admin(self, method: str, path: str, body: dict | None = None) -> dict:
-        """Call the sandbox's own admin API (``/_sandbox/...``; not part of Connect)."""
-        data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(
-            f"{self.url}/_sandbox/{path.lstrip('/')}",
-            data=data,
-            method=method,
-            headers={"Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(req, timeout=30) as r:
-            raw = r.read()
-        return json.loads(raw) if raw else {}
-
-    def reset(self) -> None:
-        """Back to the deterministic demo seed, with faults off."""
-        self.admin("POST", "reset")
-
-    def set_faults(self, spec: str) -> None:
-        self.admin("POST", "faults", {"spec": spec})
-
-    def conn_uri_json(self, api_key: str | None = None) -> str:
-        return json.dumps(
-            {
-                "conn_type": "cloudblue_connect",
-                "host": self.api_url,
-                "password": api_key or self.api_key,
-                "extra": {"max_wait": 2, "timeout": 10},
-            }
-        )
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self._log.close()
+# Short retry waits and timeouts: a test of a fault must not wait out the production back-off.
+SANDBOX_CONN_EXTRA = {"max_wait": 2, "timeout": 10}
 
 
 @pytest.fixture(scope="session")
-def start_sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
-    """Factory: ``start_sandbox("--usage-records", "1000")`` starts a sandbox with those CLI flags."""
-    started: list[Sandbox] = []
+def start_sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Sandbox]]:
+    """Factory: ``start_sandbox("--usage-records", "1000")`` starts a sandbox with those CLI flags.
 
-    def _start(*args: str) -> Sandbox:
-        log = tmp_path_factory.mktemp("sandbox") / "sandbox.log"
-        sb = Sandbox(list(args), log)
-        started.append(sb)
-        return sb
+    Each one runs through :func:`connect_sandbox.testing.running_sandbox` (its own free port, its
+    log in the session's temporary folder) and is stopped at the end of the session.
+    """
+    with contextlib.ExitStack() as started:
 
-    yield _start
-    for sb in started:
-        sb.stop()
+        def _start(*args: str) -> Sandbox:
+            log = tmp_path_factory.mktemp("sandbox") / "sandbox.log"
+            return started.enter_context(
+                running_sandbox(*args, log_path=log, conn_extra=SANDBOX_CONN_EXTRA)
+            )
+
+        yield _start
 
 
 @pytest.fixture(scope="session")
