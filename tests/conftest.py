@@ -18,6 +18,7 @@ import os
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 from connect_sandbox.testing import Sandbox, running_sandbox
@@ -47,9 +48,7 @@ def start_sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable
 
         def _start(*args: str) -> Sandbox:
             log = tmp_path_factory.mktemp("sandbox") / "sandbox.log"
-            return started.enter_context(
-                running_sandbox(*args, log_path=log, conn_extra=SANDBOX_CONN_EXTRA)
-            )
+            return started.enter_context(running_sandbox(*args, log_path=log, conn_extra=SANDBOX_CONN_EXTRA))
 
         yield _start
 
@@ -75,21 +74,65 @@ def airflow_db() -> None:
     db.resetdb()
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Run the browser tests last.
+def _asks_for_distributed(config: pytest.Config) -> bool:
+    """True when the run names the distributed test: ``-m distributed`` or a path into its folder."""
+    if "distributed" in (config.getoption("markexpr") or ""):
+        return True
+    folder = ROOT / "tests" / "distributed"
+    for arg in config.args:
+        path = Path(arg.split("::", 1)[0]).resolve()
+        if path == folder or folder in path.parents:
+            return True
+    return False
 
-    Playwright's sync API leaves an asyncio event loop set on the main thread when it stops; tests
-    that run ``asyncio.run`` afterwards would refuse to start. Keeping the browser tests at the end
-    (stable order otherwise) makes the whole suite independent of that.
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Leave the distributed test out unless asked for, and run the browser tests last.
+
+    The distributed test (``tests/distributed``, marker ``distributed``) starts a whole CeleryExecutor
+    deployment for about 100 s and 2 GB: ``make distributed-test`` runs it, and ``make test`` (with
+    any ``-m`` of its own) must not run it a second time, so it is deselected unless the run names
+    it. Playwright's sync API leaves an asyncio event loop set on the main thread when it stops;
+    tests that run ``asyncio.run`` afterwards would refuse to start. Keeping the browser tests at
+    the end (stable order otherwise) makes the whole suite independent of that.
     """
+    if not _asks_for_distributed(config):
+        left_out = [item for item in items if item.get_closest_marker("distributed")]
+        if left_out:
+            config.hook.pytest_deselected(items=left_out)
+            items[:] = [item for item in items if not item.get_closest_marker("distributed")]
     items.sort(key=lambda item: item.get_closest_marker("browser") is not None)
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").lower() == "true"
+
+
+@pytest.fixture(scope="session")
+def unavailable() -> Callable[[str, object], NoReturn]:
+    """``unavailable("Redis on 127.0.0.1:6379", exc)``: skip with the reason; under ``CI=true``, fail.
+
+    A machine without a service is a reason to skip locally; CI provides every service, so there
+    its absence is a failure and a test never goes quietly unrun.
+    """
+
+    def _unavailable(what: str, why: object) -> NoReturn:
+        if _in_ci():
+            pytest.fail(f"{what} is required under CI=true: {why}", pytrace=False)
+        pytest.skip(f"{what} is not available (CI=true makes this a failure): {why}")
+
+    return _unavailable
 
 
 PG_SERVER = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
 
 
 class PostgresDatabase(dict):
-    """Keyword arguments of ``psycopg2.connect`` for one fresh database, plus its Airflow form."""
+    """Keyword arguments of ``psycopg2.connect`` for one fresh database, plus its Airflow forms."""
+
+    def sqlalchemy_url(self) -> str:
+        """The database as Airflow's metadata DB (``[database] sql_alchemy_conn``) takes it."""
+        return f"postgresql+psycopg2://{self['user']}@{self['host']}:{self['port']}/{self['dbname']}"
 
     def airflow_conn_json(self) -> str:
         return json.dumps(
@@ -104,7 +147,7 @@ class PostgresDatabase(dict):
 
 
 @pytest.fixture(scope="session")
-def fresh_postgres_database() -> Iterator:
+def fresh_postgres_database(unavailable: Callable[[str, object], NoReturn]) -> Iterator:
     """Factory: ``fresh_postgres_database("outbox")`` creates an empty database on the local server.
 
     Every database it made is dropped at the end of the session. Without a server the test is
@@ -121,9 +164,7 @@ def fresh_postgres_database() -> Iterator:
             try:
                 admin = psycopg2.connect(dbname="postgres", connect_timeout=3, **PG_SERVER)
             except psycopg2.OperationalError as exc:
-                if os.environ.get("CI") == "true":
-                    pytest.fail(f"PostgreSQL on 127.0.0.1:5432 is required in CI: {exc}")
-                pytest.skip(f"no PostgreSQL server on 127.0.0.1:5432 (CI=true makes this a failure): {exc}")
+                unavailable("PostgreSQL on 127.0.0.1:5432", exc)
             admin.autocommit = True
         name = f"connect_test_{os.getpid()}_{purpose}"
         with admin.cursor() as cur:
