@@ -1,4 +1,4 @@
-"""Helpers shared by the benchmark scripts: a free port, a sandbox process, a measured child process.
+"""Helpers shared by the benchmark scripts: the sandbox, a measured child process, the machine.
 
 Why these exist: every benchmark compares contenders side by side in one run, each in its own fresh
 process, against one sandbox server on this (noisy, 2-core) machine. Measuring a contender in its
@@ -6,8 +6,9 @@ own process is the only way to get its peak RSS alone (``os.wait4`` returns the 
 ``ru_maxrss``) and to keep one contender's imports, caches and garbage from flattering or
 penalising the next one.
 
-Nothing here imports the provider or the sandbox: the sandbox is started through its CLI, as a user
-would, and reached over HTTP.
+The sandbox comes from the project's one launcher, :mod:`connect_sandbox.testing` (re-exported
+here: ``start_sandbox``, ``running_sandbox``, ``Sandbox``, ``DEMO_API_KEY``), which starts it
+through its CLI, as a user would; it is reached over HTTP only. Nothing here imports the provider.
 """
 
 from __future__ import annotations
@@ -15,36 +16,47 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+from connect_sandbox.testing import (  # re-exported: the benchmarks' one way to a sandbox
+    DEMO_API_KEY,
+    Sandbox,
+    admin_call,
+    running_sandbox,
+    start_sandbox,
+)
+
+__all__ = [
+    "DEMO_API_KEY",
+    "REPO",
+    "ChildResult",
+    "Sandbox",
+    "admin_call",
+    "cpu_seconds",
+    "machine_info",
+    "median",
+    "ratio",
+    "run_child",
+    "running_sandbox",
+    "start_sandbox",
+    "venv_python",
+]
+
 REPO = Path(__file__).resolve().parent.parent
-DEMO_API_KEY = "ApiKey SU-000-000-000:sandbox-demo-key"
-API_PREFIX = "/public/v1"
 
 
 def venv_python() -> str:
     """The project's interpreter (``.venv/bin/python``) when present, else the running one."""
     candidate = REPO / ".venv" / "bin" / "python"
     return str(candidate) if candidate.exists() else sys.executable
-
-
-def free_port() -> int:
-    """A TCP port that was free a moment ago on 127.0.0.1 (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def cpu_seconds(pid: int) -> float:
@@ -59,99 +71,6 @@ def cpu_seconds(pid: int) -> float:
         return 0.0
     ticks = os.sysconf("SC_CLK_TCK")
     return (int(fields[11]) + int(fields[12])) / ticks
-
-
-@dataclass
-class Sandbox:
-    """A running ``connect-sandbox`` process started by :func:`start_sandbox`."""
-
-    process: subprocess.Popen[bytes]
-    port: int
-    log_path: Path
-    args: list[str] = field(default_factory=list)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def api_url(self) -> str:
-        return self.url + API_PREFIX
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def conn_json(self, api_key: str = DEMO_API_KEY) -> str:
-        """The JSON form of an Airflow connection to this sandbox (for ``AIRFLOW_CONN_<ID>``)."""
-        import json
-
-        return json.dumps({"conn_type": "cloudblue_connect", "host": self.api_url, "password": api_key})
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM, then SIGKILL if it has not exited after ``timeout`` seconds."""
-        if self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-
-    def __enter__(self) -> Sandbox:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
-def start_sandbox(
-    *cli_args: str,
-    port: int | None = None,
-    timeout: float = 60.0,
-    log_dir: str | os.PathLike[str] | None = None,
-    wrapper: Sequence[str] = (),
-) -> Sandbox:
-    """Start ``python -m connect_sandbox.cli --port <free> *cli_args`` and wait for its health route.
-
-    ``wrapper`` prefixes the command (e.g. ``["py-spy", "record", ..., "--"]`` to profile the server).
-    Raises RuntimeError with the server's log when it exits or does not answer within ``timeout``.
-    """
-    port = port or free_port()
-    log_dir = Path(log_dir) if log_dir else Path(tempfile.mkdtemp(prefix="bench-sandbox-"))
-    log_path = log_dir / f"sandbox-{port}.log"
-    args = [*wrapper, venv_python(), "-m", "connect_sandbox.cli", "--port", str(port), *cli_args]
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
-    sandbox = Sandbox(process, port, log_path, args)
-    deadline = time.monotonic() + timeout
-    while True:
-        if process.poll() is not None:
-            log_tail = log_path.read_text(errors="replace")[-2000:]
-            raise RuntimeError(f"the sandbox exited with code {process.returncode}: {log_tail}")
-        try:
-            with urllib.request.urlopen(f"{sandbox.url}/_sandbox/health", timeout=1) as response:
-                if response.status == 200:
-                    return sandbox
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        if time.monotonic() > deadline:
-            sandbox.stop()
-            raise RuntimeError(
-                f"the sandbox did not answer within {timeout:.0f} s: {log_path.read_text()[-2000:]}"
-            )
-        time.sleep(0.1)
-
-
-@contextlib.contextmanager
-def running_sandbox(*cli_args: str, **kwargs: object) -> Iterator[Sandbox]:
-    """:func:`start_sandbox` as a context manager that always stops the server."""
-    sandbox = start_sandbox(*cli_args, **kwargs)  # type: ignore[arg-type]
-    try:
-        yield sandbox
-    finally:
-        sandbox.stop()
 
 
 @dataclass(frozen=True)

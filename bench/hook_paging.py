@@ -26,7 +26,6 @@ from pathlib import Path
 from _common import running_sandbox
 
 GENERATED_FILE = "UF-2026-10-9000000001"
-API_KEY = "ApiKey SU-000-000-000:sandbox-demo-key"
 
 
 def _peak_rss_mb() -> float:
@@ -35,11 +34,11 @@ def _peak_rss_mb() -> float:
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
-def child(api_url: str, page_size: int, raw: bool) -> None:
-    """Runs in the measured process: import the hook, page everything, print one JSON line."""
-    os.environ["AIRFLOW_CONN_CLOUDBLUE_CONNECT_DEFAULT"] = json.dumps(
-        {"conn_type": "cloudblue_connect", "host": api_url, "password": API_KEY, "extra": {"timeout": 120}}
-    )
+def child(page_size: int, raw: bool) -> None:
+    """Runs in the measured process: import the hook, page everything, print one JSON line.
+
+    The connection to the sandbox comes from the parent, as ``AIRFLOW_CONN_CLOUDBLUE_CONNECT_DEFAULT``.
+    """
     from connect_provider.hooks.connect import ConnectHook
 
     hook = ConnectHook(page_size=page_size)
@@ -75,11 +74,11 @@ def main() -> int:
     parser.add_argument("--page-size", type=int, default=1000, help="page size of the hook (1-1000)")
     parser.add_argument("--raw", action="store_true", help="page with iter_raw_pages (no JSON decoding)")
     parser.add_argument("--limit-mb", type=float, default=200.0, help="fail if the peak RSS reaches this")
-    parser.add_argument("--child", metavar="API_URL", help=argparse.SUPPRESS)
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.child:
-        child(args.child, args.page_size, args.raw)
+        child(args.page_size, args.raw)
         return 0
 
     with tempfile.TemporaryDirectory(prefix="hook-bench-") as tmp:
@@ -95,7 +94,8 @@ def main() -> int:
                 f"sandbox with {args.records:,} records ready in {time.perf_counter() - started:.1f} s",
                 flush=True,
             )
-            cmd = [sys.executable, __file__, "--child", server.api_url, "--page-size", str(args.page_size)]
+            env["AIRFLOW_CONN_CLOUDBLUE_CONNECT_DEFAULT"] = server.conn_json(timeout=120)
+            cmd = [sys.executable, __file__, "--child", "--page-size", str(args.page_size)]
             if args.raw:
                 cmd.append("--raw")
             out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)

@@ -30,12 +30,11 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import REPO, machine_info, running_sandbox, venv_python
+from _common import REPO, admin_call, machine_info, running_sandbox, venv_python
 
 DAG_ID = "connect_subscription_changes"
 MODES = {"chunked": 100, "per_change": 1}
@@ -63,22 +62,6 @@ PURCHASE = {
     "tier1": TIER,
     "customer": {**TIER, "name": "Bench Customer", "external_id": "customer-1"},
 }
-
-
-def _stats(sandbox_url: str) -> dict:
-    with urllib.request.urlopen(f"{sandbox_url}/_sandbox/stats", timeout=30) as response:
-        return json.loads(response.read())
-
-
-def _reset(sandbox_url: str, approve_delay: float) -> None:
-    body = json.dumps({"seed": "demo", "auto_approve_delay": approve_delay}).encode()
-    request = urllib.request.Request(
-        f"{sandbox_url}/_sandbox/reset",
-        data=body,
-        method="POST",
-        headers={"Content-Type": "application/json"},
-    )
-    urllib.request.urlopen(request, timeout=30).close()
 
 
 def plan(n: int, tag: str) -> tuple[list[dict], int]:
@@ -132,11 +115,11 @@ def child(mode: str, n: int, sandbox_url: str) -> dict:
     dag.test(run_conf=conf)  # warm-up: nothing pending, pays the process's one-time start-up
 
     ids = outbox.add_many(rows)
-    before = _stats(sandbox_url)
+    before = admin_call(sandbox_url, "GET", "stats")
     started = time.perf_counter()
     dag_run = dag.test(run_conf=conf)
     wall = time.perf_counter() - started
-    after = _stats(sandbox_url)
+    after = admin_call(sandbox_url, "GET", "stats")
 
     tis = dag_run.get_task_instances()
     submits = [ti for ti in tis if ti.task_id == "submit_chunk"]
@@ -173,7 +156,7 @@ def child(mode: str, n: int, sandbox_url: str) -> dict:
 
 
 def run_mode(mode: str, n: int, sandbox, approve_delay: float) -> dict:
-    _reset(sandbox.url, approve_delay)
+    sandbox.reset("demo", auto_approve_delay=approve_delay)
     home = Path(tempfile.mkdtemp(prefix=f"bench-changes-{mode}-"))
     env = {
         **os.environ,

@@ -38,6 +38,7 @@ from types import FrameType
 from typing import Any
 
 import psutil  # an Airflow dependency
+from connect_sandbox.testing import DEMO_API_KEY, Sandbox, SandboxStartError, free_port, start_sandbox
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -45,7 +46,7 @@ CONN_ID = "cloudblue_connect_default"
 CONN_TYPE = "cloudblue_connect"
 POOL_NAME = "cloudblue_connect_api"
 POOL_SLOTS = 4
-SANDBOX_API_KEY = "ApiKey SU-000-000-000:sandbox-demo-key"
+SANDBOX_API_KEY = DEMO_API_KEY
 ADMIN_USER = "admin"
 ADMIN_PASSWORD = "admin"
 
@@ -67,13 +68,6 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
         except OSError:
             return False
     return True
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port the OS reports free right now."""
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def pick_port(preferred: int | None) -> int:
@@ -135,6 +129,7 @@ class LocalAirflow:
         self.worker_log_port = 0
         self.trigger_log_port = 0
         self._procs: list[_Proc] = []
+        self._sandbox: Sandbox | None = None
         self._token: str | None = None
 
     # -- addresses -------------------------------------------------------------------------------
@@ -278,40 +273,24 @@ class LocalAirflow:
         return proc
 
     def _start_sandbox(self) -> None:
-        env = dict(os.environ)
-        cmd = [
-            sys.executable,
-            "-m",
-            "connect_sandbox.cli",
-            "--host",
-            self.settings.host,
-            "--port",
-            str(self.sandbox_port),
-            *self.settings.sandbox_args,
-        ]
-        proc = self._spawn("sandbox", cmd, env=env)
-        self._wait_for(proc, f"{self.sandbox_url}/_sandbox/health", timeout=60, what="the Connect sandbox")
+        """The sandbox, through the project's one launcher, in a process group of its own."""
+        try:
+            self._sandbox = start_sandbox(
+                *self.settings.sandbox_args,
+                host=self.settings.host,
+                port=self.sandbox_port,
+                log_path=self.settings.log_dir / "sandbox.log",
+                new_session=True,
+            )
+        except SandboxStartError as exc:
+            raise StartupError(f"the Connect sandbox did not start: {exc}") from None
 
     def _check_alive(self) -> None:
-        for p in self._procs:
-            if p.popen.poll() is not None:
-                raise StartupError(
-                    f"{p.name} exited with code {p.popen.returncode} during start-up; see {p.log_path}"
-                )
-
-    def _wait_for(self, proc: _Proc | None, url: str, timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            self._check_alive()
-            try:
-                with urllib.request.urlopen(url, timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except (OSError, urllib.error.URLError):
-                pass
-            time.sleep(0.3)
-        where = f"; see {proc.log_path}" if proc else ""
-        raise StartupError(f"{what} did not answer at {url} within {timeout:.0f}s{where}")
+        dead = self.dead_components()
+        if dead:
+            raise StartupError(
+                f"{', '.join(dead)} exited during start-up; see the logs in {self.settings.log_dir}"
+            )
 
     def _wait_healthy(self, timeout: float = 180) -> None:
         """Wait until the API server answers and reports every component healthy."""
@@ -440,6 +419,9 @@ class LocalAirflow:
         for d in still_alive:
             with contextlib.suppress(psutil.Error):
                 d.kill()  # psutil checks the process is still the one found (no pid reuse)
+        if self._sandbox is not None:  # started first, stopped last
+            self._sandbox.stop()
+            self._sandbox = None
 
     def __enter__(self) -> LocalAirflow:
         self.start()
@@ -450,7 +432,10 @@ class LocalAirflow:
 
     def dead_components(self) -> list[str]:
         """Names of started processes that have exited (with their exit codes)."""
-        return [f"{p.name} (exit {p.popen.returncode})" for p in self._procs if p.popen.poll() is not None]
+        procs = [(p.name, p.popen) for p in self._procs]
+        if self._sandbox is not None:
+            procs.insert(0, ("sandbox", self._sandbox.process))
+        return [f"{name} (exit {popen.returncode})" for name, popen in procs if popen.poll() is not None]
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:

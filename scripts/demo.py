@@ -13,19 +13,17 @@ import contextlib
 import json
 import os
 import shutil
-import socket
-import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from connect_sandbox.testing import SandboxStartError, start_sandbox
+
 ROOT = Path(__file__).resolve().parent.parent
 AIRFLOW_HOME = Path(os.environ.get("AIRFLOW_HOME") or ROOT / "airflow_home")
 DATA_DIR = Path(os.environ.get("CONNECT_DATA_DIR") or ROOT / "data")
-SANDBOX_KEY = "ApiKey SU-000-000-000:sandbox-demo-key"
 
 # DAGs that feed others run first; any DAG not listed runs afterwards, in name order.
 ORDER = [
@@ -37,13 +35,7 @@ ORDER = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _configure_environment(sandbox_url: str) -> None:
+def _configure_environment(sandbox_conn: str) -> None:
     """Fix Airflow's configuration before Airflow is imported (it reads it once, at import)."""
     os.environ["AIRFLOW_HOME"] = str(AIRFLOW_HOME)
     os.environ["CONNECT_DATA_DIR"] = str(DATA_DIR)
@@ -53,41 +45,7 @@ def _configure_environment(sandbox_url: str) -> None:
     os.environ["AIRFLOW__CORE__PLUGINS_FOLDER"] = str(AIRFLOW_HOME / "plugins")
     os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
     os.environ["AIRFLOW__CORE__PARALLELISM"] = "4"
-    os.environ["AIRFLOW_CONN_CLOUDBLUE_CONNECT_DEFAULT"] = json.dumps(
-        {"conn_type": "cloudblue_connect", "host": f"{sandbox_url}/public/v1", "password": SANDBOX_KEY}
-    )
-
-
-@contextlib.contextmanager
-def _sandbox(log_path: Path) -> Iterator[str]:
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "connect_sandbox.cli", "--seed", "demo", "--port", str(port),
-             "--auto-approve-delay", "1"],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            deadline = time.monotonic() + 60
-            while True:
-                if proc.poll() is not None:
-                    raise SystemExit(f"the sandbox exited early; see {log_path}")
-                try:
-                    with urllib.request.urlopen(f"{url}/_sandbox/health", timeout=1):
-                        break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        raise SystemExit(f"the sandbox did not start; see {log_path}") from None
-                    time.sleep(0.2)
-            yield url
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+    os.environ["AIRFLOW_CONN_CLOUDBLUE_CONNECT_DEFAULT"] = sandbox_conn
 
 
 @contextlib.contextmanager
@@ -121,11 +79,17 @@ def main() -> int:
     AIRFLOW_HOME.mkdir(parents=True, exist_ok=True)
     log_path = AIRFLOW_HOME / "demo.log"
     log_path.write_text("")
+    sandbox_log = AIRFLOW_HOME / "sandbox.log"
+    sandbox_log.write_text("")
     print(f"Airflow home: {AIRFLOW_HOME}\nData folder:  {DATA_DIR}\nFull log:     {log_path}\n")
 
-    with _sandbox(AIRFLOW_HOME / "sandbox.log") as sandbox_url:
-        _configure_environment(sandbox_url)
-        print(f"Connect sandbox: {sandbox_url}/public/v1")
+    try:
+        sandbox = start_sandbox("--seed", "demo", "--auto-approve-delay", "1", log_path=sandbox_log)
+    except SandboxStartError as exc:
+        raise SystemExit(f"make demo: the Connect sandbox did not start: {exc}") from None
+    with sandbox:  # stopped however the demo ends
+        _configure_environment(sandbox.conn_json())
+        print(f"Connect sandbox: {sandbox.api_url}")
         with _output_to(log_path):
             from airflow.dag_processing.dagbag import DagBag
             from airflow.utils import db

@@ -6,23 +6,22 @@ folder per test session.
 
 The ``sandbox`` fixture runs the Connect sandbox as a real server in a subprocess (the provider is
 tested over real HTTP, never against mocks of itself) and points the default Connect connection at
-it through ``AIRFLOW_CONN_CLOUDBLUE_CONNECT_DEFAULT``.
+it through ``AIRFLOW_CONN_CLOUDBLUE_CONNECT_DEFAULT``. It is started by the project's one launcher,
+:mod:`connect_sandbox.testing`, which the benchmarks and the scripts use too.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import socket
-import subprocess
-import sys
 import tempfile
-import time
-import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
+from connect_sandbox.testing import Sandbox, running_sandbox
 
 ROOT = Path(__file__).resolve().parent.parent
 _SESSION_DIR = Path(tempfile.mkdtemp(prefix="connect-tests-"))
@@ -34,97 +33,24 @@ os.environ.setdefault("AIRFLOW__CORE__PLUGINS_FOLDER", str(_SESSION_DIR / "no_pl
 os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "True")
 os.environ.setdefault("AIRFLOW__CORE__PARALLELISM", "4")
 
-SANDBOX_API_KEY = "ApiKey SU-000-000-000:sandbox-demo-key"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Sandbox:
-    """A running ``connect-sandbox`` process and the handles tests need."""
-
-    def __init__(self, args: list[str], log_path: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.api_url = f"{self.url}/public/v1"
-        self.api_key = SANDBOX_API_KEY
-        self.log_path = log_path
-        cmd = [sys.executable, "-m", "connect_sandbox.cli", "--host", "127.0.0.1", "--port", str(self.port)]
-        self._log = open(log_path, "wb")
-        self.proc = subprocess.Popen([*cmd, *args], stdout=self._log, stderr=subprocess.STDOUT)
-        self._wait_ready()
-
-    def _wait_ready(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"sandbox exited with {self.proc.returncode}; log: {self.log_path}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/_sandbox/health", timeout=1) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.1)
-        raise RuntimeError(f"sandbox did not answer within {timeout}s; log: {self.log_path}")
-
-    def admin(self, method: str, path: str, body: dict | None = None) -> dict:
-        """Call the sandbox's own admin API (``/_sandbox/...``; not part of Connect)."""
-        data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(
-            f"{self.url}/_sandbox/{path.lstrip('/')}",
-            data=data,
-            method=method,
-            headers={"Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(req, timeout=30) as r:
-            raw = r.read()
-        return json.loads(raw) if raw else {}
-
-    def reset(self) -> None:
-        """Back to the deterministic demo seed, with faults off."""
-        self.admin("POST", "reset")
-
-    def set_faults(self, spec: str) -> None:
-        self.admin("POST", "faults", {"spec": spec})
-
-    def conn_uri_json(self, api_key: str | None = None) -> str:
-        return json.dumps(
-            {
-                "conn_type": "cloudblue_connect",
-                "host": self.api_url,
-                "password": api_key or self.api_key,
-                "extra": {"max_wait": 2, "timeout": 10},
-            }
-        )
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self._log.close()
+# Short retry waits and timeouts: a test of a fault must not wait out the production back-off.
+SANDBOX_CONN_EXTRA = {"max_wait": 2, "timeout": 10}
 
 
 @pytest.fixture(scope="session")
-def start_sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
-    """Factory: ``start_sandbox("--usage-records", "1000")`` starts a sandbox with those CLI flags."""
-    started: list[Sandbox] = []
+def start_sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Sandbox]]:
+    """Factory: ``start_sandbox("--usage-records", "1000")`` starts a sandbox with those CLI flags.
 
-    def _start(*args: str) -> Sandbox:
-        log = tmp_path_factory.mktemp("sandbox") / "sandbox.log"
-        sb = Sandbox(list(args), log)
-        started.append(sb)
-        return sb
+    Each one runs through :func:`connect_sandbox.testing.running_sandbox` (its own free port, its
+    log in the session's temporary folder) and is stopped at the end of the session.
+    """
+    with contextlib.ExitStack() as started:
 
-    yield _start
-    for sb in started:
-        sb.stop()
+        def _start(*args: str) -> Sandbox:
+            log = tmp_path_factory.mktemp("sandbox") / "sandbox.log"
+            return started.enter_context(running_sandbox(*args, log_path=log, conn_extra=SANDBOX_CONN_EXTRA))
+
+        yield _start
 
 
 @pytest.fixture(scope="session")
@@ -148,21 +74,65 @@ def airflow_db() -> None:
     db.resetdb()
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Run the browser tests last.
+def _asks_for_distributed(config: pytest.Config) -> bool:
+    """True when the run names the distributed test: ``-m distributed`` or a path into its folder."""
+    if "distributed" in (config.getoption("markexpr") or ""):
+        return True
+    folder = ROOT / "tests" / "distributed"
+    for arg in config.args:
+        path = Path(arg.split("::", 1)[0]).resolve()
+        if path == folder or folder in path.parents:
+            return True
+    return False
 
-    Playwright's sync API leaves an asyncio event loop set on the main thread when it stops; tests
-    that run ``asyncio.run`` afterwards would refuse to start. Keeping the browser tests at the end
-    (stable order otherwise) makes the whole suite independent of that.
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Leave the distributed test out unless asked for, and run the browser tests last.
+
+    The distributed test (``tests/distributed``, marker ``distributed``) starts a whole CeleryExecutor
+    deployment for about 100 s and 2 GB: ``make distributed-test`` runs it, and ``make test`` (with
+    any ``-m`` of its own) must not run it a second time, so it is deselected unless the run names
+    it. Playwright's sync API leaves an asyncio event loop set on the main thread when it stops;
+    tests that run ``asyncio.run`` afterwards would refuse to start. Keeping the browser tests at
+    the end (stable order otherwise) makes the whole suite independent of that.
     """
+    if not _asks_for_distributed(config):
+        left_out = [item for item in items if item.get_closest_marker("distributed")]
+        if left_out:
+            config.hook.pytest_deselected(items=left_out)
+            items[:] = [item for item in items if not item.get_closest_marker("distributed")]
     items.sort(key=lambda item: item.get_closest_marker("browser") is not None)
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").lower() == "true"
+
+
+@pytest.fixture(scope="session")
+def unavailable() -> Callable[[str, object], NoReturn]:
+    """``unavailable("Redis on 127.0.0.1:6379", exc)``: skip with the reason; under ``CI=true``, fail.
+
+    A machine without a service is a reason to skip locally; CI provides every service, so there
+    its absence is a failure and a test never goes quietly unrun.
+    """
+
+    def _unavailable(what: str, why: object) -> NoReturn:
+        if _in_ci():
+            pytest.fail(f"{what} is required under CI=true: {why}", pytrace=False)
+        pytest.skip(f"{what} is not available (CI=true makes this a failure): {why}")
+
+    return _unavailable
 
 
 PG_SERVER = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
 
 
 class PostgresDatabase(dict):
-    """Keyword arguments of ``psycopg2.connect`` for one fresh database, plus its Airflow form."""
+    """Keyword arguments of ``psycopg2.connect`` for one fresh database, plus its Airflow forms."""
+
+    def sqlalchemy_url(self) -> str:
+        """The database as Airflow's metadata DB (``[database] sql_alchemy_conn``) takes it."""
+        return f"postgresql+psycopg2://{self['user']}@{self['host']}:{self['port']}/{self['dbname']}"
 
     def airflow_conn_json(self) -> str:
         return json.dumps(
@@ -177,7 +147,7 @@ class PostgresDatabase(dict):
 
 
 @pytest.fixture(scope="session")
-def fresh_postgres_database() -> Iterator:
+def fresh_postgres_database(unavailable: Callable[[str, object], NoReturn]) -> Iterator:
     """Factory: ``fresh_postgres_database("outbox")`` creates an empty database on the local server.
 
     Every database it made is dropped at the end of the session. Without a server the test is
@@ -194,9 +164,7 @@ def fresh_postgres_database() -> Iterator:
             try:
                 admin = psycopg2.connect(dbname="postgres", connect_timeout=3, **PG_SERVER)
             except psycopg2.OperationalError as exc:
-                if os.environ.get("CI") == "true":
-                    pytest.fail(f"PostgreSQL on 127.0.0.1:5432 is required in CI: {exc}")
-                pytest.skip(f"no PostgreSQL server on 127.0.0.1:5432 (CI=true makes this a failure): {exc}")
+                unavailable("PostgreSQL on 127.0.0.1:5432", exc)
             admin.autocommit = True
         name = f"connect_test_{os.getpid()}_{purpose}"
         with admin.cursor() as cur:

@@ -18,15 +18,12 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from . import rql
+from . import ADMIN_PREFIX, API_PREFIX, DEMO_API_KEY, rql
 from .faults import Faults, FaultSpec, drop_connection, parse_spec
 from .filter_table import FILTERS
 from .store import ApiError, Store
 from .usage import RecordSource, class_view, join_page
 
-API_PREFIX = "/public/v1"
-ADMIN_PREFIX = "/_sandbox"
-DEMO_API_KEY = "ApiKey SU-000-000-000:sandbox-demo-key"
 DEFAULT_LIMIT = 100
 
 # What each list endpoint filters, looks up and orders by is Connect's spec (v37), read once into
