@@ -50,6 +50,7 @@ import functools
 import inspect
 import json
 import math
+import os
 import random
 import re
 import ssl
@@ -699,6 +700,17 @@ def _json_body(value: Any) -> bytes:
         ) from None
 
 
+def _errno_text(exc: BaseException) -> str | None:
+    """``[Errno 111] Connection refused`` from either client's exception, without host or URL."""
+    os_error = getattr(exc, "os_error", None)  # aiohttp keeps the socket's OSError here
+    code = getattr(os_error, "errno", None)
+    if isinstance(code, int):
+        reason = os.strerror(code) if code > 0 else (getattr(os_error, "strerror", None) or "")
+        return f"[Errno {code}] {reason}".strip()
+    match = _ERRNO_RE.search(str(exc))
+    return match.group(0).strip() if match else None
+
+
 def _describe_transport_error(exc: BaseException, timeout: float) -> str:
     """A short cause without URLs or headers (the exception's own text repeats the URL)."""
     kind = transport_failure_kind(exc)
@@ -712,8 +724,7 @@ def _describe_transport_error(exc: BaseException, timeout: float) -> str:
     ):
         return "the answer was cut off"
     if kind == UNSENT:
-        errno = _ERRNO_RE.search(str(exc))
-        return f"could not connect ({errno.group(0).strip() if errno else 'connection failed'})"
+        return f"could not connect ({_errno_text(exc) or 'connection failed'})"
     if kind == DROPPED:
         return "the connection was dropped before an answer came"
     return type(exc).__name__
