@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -249,3 +250,34 @@ class TestDagRun:
             if p.is_file() and "connect_request_action" in str(p)
         ]
         assert scanner.found(out, err, database, *logs) == []
+
+
+class TestEveryWayOut:
+    """What keeps the list above complete: every public call is scrubbed, and Airflow masks the key."""
+
+    def test_every_public_call_of_the_hook_scrubs_its_errors(self) -> None:
+        unguarded = []
+        for name, attr in vars(ConnectHook).items():
+            if name.startswith("_") or name in ("redact", "close", "test_connection"):
+                continue
+            func = attr.fget if isinstance(attr, property) else attr
+            if callable(func) and not getattr(func, "redacting", False):
+                unguarded.append(name)
+        assert unguarded == []
+
+    @pytest.mark.parametrize("path", ["sync", "async"], ids=["sync", "async"])
+    def test_the_key_is_registered_with_airflows_secret_masker(self, echo, monkeypatch, path) -> None:
+        from airflow.sdk.log import redact
+
+        secret = f"masker-{uuid.uuid4().hex}"
+        header = f"ApiKey SU-900-800-700:{secret}"
+        conn = json.loads(echo.conn_json())
+        monkeypatch.setenv("AIRFLOW_CONN_MASKER_CHECK", json.dumps({**conn, "password": header}))
+        echo.mode = "ok"
+        hook = ConnectHook("masker_check")
+        if path == "sync":
+            hook.get_request(REQUEST)
+        else:
+            asyncio.run(hook.aget_request(REQUEST))
+        masked = redact(f"{header} | SU-900-800-700:{secret} | {secret}")
+        assert secret not in masked

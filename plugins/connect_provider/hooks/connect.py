@@ -966,6 +966,7 @@ class ConnectHook(BaseHook):
         return self._settings
 
     @property
+    @_redacting
     def retry_policy(self) -> RetryPolicy:
         """The :class:`RetryPolicy` of this hook's calls (from the connection and the arguments)."""
         return self.settings.retry_policy
