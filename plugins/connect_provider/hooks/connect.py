@@ -143,6 +143,8 @@ _CONTENT_RANGE_RE = re.compile(r"^\s*items\s+(\d+)-(\d+)/(\d+)\s*$")
 _ERRNO_RE = re.compile(r"\[Errno -?\d+\] [^'\")\]]+")
 _ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
 _MARKETPLACE_ID_RE = re.compile(r"MP-\d+(-\d+)*")
+# A path segment that is a Connect object id (PRD-276-377-545, PR-1234-..., MP-00001, UF-2026-...).
+_OBJECT_ID_SEGMENT_RE = re.compile(r"/[A-Z]{2,4}(-[0-9A-Za-z]+)+(/|$)")
 _APIKEY_PREFIX_RE = re.compile(r"apikey(\s+|$)", re.IGNORECASE)
 # OpenSSL's words for "the peer answered, but not in TLS" (a plain-HTTP server on an https URL).
 _NOT_TLS_MARKERS = (
@@ -1334,9 +1336,11 @@ class ConnectHook(BaseHook):
                 f"{f' ({detail})' if detail else ''}; give its account the permission or use another key",
                 **kwargs,
             ).scrub(self.redact)
-        if status == 404 and (collection or not shaped):
-            # Connect answers a missing object in its error shape, and every collection exists: a
-            # 404 in another shape, or on a collection, comes from a server that is not the API.
+        if status == 404 and ((collection and not _OBJECT_ID_SEGMENT_RE.search(path)) or not shaped):
+            # Connect answers a missing object in its error shape, and every top-level collection
+            # exists: a 404 in another shape, or on such a collection, comes from a server that is
+            # not the API. (A collection under an object, /products/PRD-.../connections, may 404
+            # because that object does not exist: that is the id's fault, not the host's.)
             base = self._settings.base_url if self._settings is not None else "the host"
             return ConnectNotFoundError(
                 f"{where}: {base}{path} does not exist, so the host of connection {cid!r} is not "

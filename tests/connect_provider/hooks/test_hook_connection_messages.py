@@ -148,6 +148,16 @@ class TestHostThatIsNotTheApiBase:
         assert f"set the host to the API base URL, e.g. {API_BASE}" in message
         assert server.calls == ["/wrong/base/marketplaces?limit=0"]
 
+    def test_a_404_on_the_collection_of_a_missing_object_blames_the_id(self, connection, serve) -> None:
+        server = serve(_connect_404)
+        connection(host=f"http://{server.netloc}/public/v1")
+        with pytest.raises(ConnectNotFoundError) as caught:
+            ConnectHook(CONN_ID).find_connection("PRD-999-999-999", "HB-0000-0001")
+        assert str(caught.value).startswith(
+            "404 on GET /products/PRD-999-999-999/connections: not found (NFND_001 - Not Found); "
+            "check the id or path"
+        )
+
     def test_an_html_404_on_a_first_object_read_names_the_host(self, connection, serve) -> None:
         server = serve(_html_404)
         connection(host=f"http://{server.netloc}")
