@@ -512,6 +512,10 @@ def _header_problem(text: str) -> str | None:
 def _resolve_base_url(conn: Any) -> tuple[str, bool]:
     """The API base URL of a connection, and whether its scheme was assumed (the host had none).
 
+    The API base is what the official client calls its endpoint,
+    ``https://api.connect.cloudblue.com/public/v1`` by default (cloudblue/connect-python-openapi-client
+    @ 7cd0e02 : ``connect/client/constants.py``); errors about the host show it as the example.
+
     Refused before any call, never printing the host: a user name or password in it (Connect
     takes only the API key, and the host is shown in errors), a scheme other than http/https, a
     query or a fragment.
@@ -568,7 +572,9 @@ def _api_key(conn: Any) -> tuple[str, list[str]]:
     """The ``Authorization`` value of a connection and every form of the key to keep secret.
 
     The password holds the key with or without the ``ApiKey `` prefix (the official client sends
-    the whole ``ApiKey SU-...:...`` string, the legacy SDK adds the prefix when it is missing).
+    the whole ``ApiKey SU-...:...`` string as the header, cloudblue/connect-python-openapi-client
+    @ 7cd0e02 : ``connect/client/utils.py`` ``get_headers``; the legacy SDK adds the prefix when
+    it is missing).
     What can never work is refused here, naming the password and never showing it: no key, the
     prefix alone, and characters an HTTP header cannot carry (which would otherwise fail inside
     the HTTP client on every attempt, looking like a network error).
@@ -612,6 +618,8 @@ def _http_options(conn: Any) -> _HttpOptions:
         if name in _OWN_EXTRAS or name in _HTTP_OPTION_EXTRAS:
             continue
         source = f"the extra {name!r} of connection {cid!r}"
+        # The official client refuses default headers that hold Authorization, for the same reason
+        # (cloudblue/connect-python-openapi-client @ 7cd0e02 : connect/client/fluent.py).
         if str(name).strip().lower() == "authorization":
             raise ConnectValidationError(
                 name,
@@ -745,7 +753,7 @@ def _error_details(body: bytes) -> tuple[bool, str | None, list[str], dict[str, 
     """Whether ``body`` is Connect's error shape, and its ``error_code``, ``errors`` and ``params``.
 
     Connect's shape is a JSON object with ``error_code`` and ``errors``: the official client reads
-    an error's details only from such a body (connect-python-openapi-client,
+    an error's details only from such a body (cloudblue/connect-python-openapi-client @ 7cd0e02 :
     ``connect/client/fluent.py`` ``_get_api_error_details``).
     """
     try:
