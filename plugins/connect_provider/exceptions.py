@@ -2,18 +2,69 @@
 
 Every message says what failed and what to do about it. None ever contains the API key: messages
 are built from the method, the path relative to the API base, the status and Connect's own
-``error_code``/``errors``, never from headers or the connection's password.
+``error_code``/``errors``, never from headers or the connection's password, and the hook scrubs
+every error it raises once more against the connection's key (:meth:`ConnectError.scrub`), because
+Connect's answers are text the server chose (a gateway may echo the request's ``Authorization``).
+
+``retryable`` says whether the same call may succeed later without any change on the caller's
+side, so that code above the hook decides by attribute, not by class: True for transport errors
+(Connect unreachable), 5xx and 429 after the hook's own retries; False for bad input, refused
+keys, missing objects, other 4xx, conflicts, and writes whose outcome is unknown (those must be
+looked up before anything is tried again).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from airflow.exceptions import AirflowException
+
+_E = TypeVar("_E", bound="ConnectError")
+
+
+def _scrub_value(value: Any, redact: Callable[[str], str]) -> Any:
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {_scrub_value(k, redact): _scrub_value(v, redact) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_scrub_value(v, redact) for v in value)
+    return value
+
+
+def _restore(cls: type[ConnectError], args: tuple[Any, ...], state: dict[str, Any]) -> ConnectError:
+    error = cls.__new__(cls, *args)
+    error.args = args
+    error.__dict__.update(state)
+    return error
 
 
 class ConnectError(AirflowException):
     """Base class of every error this provider raises about CloudBlue Connect."""
+
+    #: Whether the same call may succeed later as it is (see the module docstring).
+    retryable: bool = False
+
+    def scrub(self: _E, redact: Callable[[str], str]) -> _E:
+        """Pass the message and every text attribute through ``redact``, and drop chained causes.
+
+        In place, and returns the error, so ``raise error.scrub(redact)`` works. Chained exceptions
+        go because they are still reachable from the error (``__context__`` even after ``from
+        None``) and a transport library's exception holds the request that was sent, headers
+        included.
+        """
+        self.args = tuple(_scrub_value(a, redact) for a in self.args)
+        for name, value in list(vars(self).items()):
+            setattr(self, name, _scrub_value(value, redact))
+        self.__cause__ = None
+        self.__context__ = None
+        self.__suppress_context__ = True
+        return self
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Keep keyword-only attributes across pickling (Airflow ships exceptions between processes).
+        return (_restore, (type(self), self.args, dict(vars(self))))
 
 
 class ConnectValidationError(ConnectError, ValueError):
@@ -33,7 +84,7 @@ class ConnectAPIError(ConnectError):
     ``error_code`` and ``errors`` are Connect's own (``{"error_code": ..., "errors": [...]}``);
     ``params`` is the ``params`` object some answers add (a 409 names the request and asset that
     already exist: ``request_id``, ``asset_id``, ``request_status``, ``asset_status``), ``{}`` when
-    there is none.
+    there is none. ``retryable`` is True for 5xx and 429 (the hook retried them already).
     """
 
     def __init__(
@@ -53,29 +104,8 @@ class ConnectAPIError(ConnectError):
         self.params = dict(params or {})
         self.method = method
         self.path = path
+        self.retryable = status is not None and (status == 429 or status >= 500)
         super().__init__(message)
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # Keep keyword-only attributes across pickling (Airflow ships exceptions between processes).
-        return (
-            _rebuild,
-            (
-                type(self),
-                str(self),
-                {
-                    "status": self.status,
-                    "error_code": self.error_code,
-                    "errors": self.errors,
-                    "method": self.method,
-                    "path": self.path,
-                    "params": self.params,
-                },
-            ),
-        )
-
-
-def _rebuild(cls: type[ConnectAPIError], message: str, kwargs: dict[str, Any]) -> ConnectAPIError:
-    return cls(message, **kwargs)
 
 
 class ConnectAuthError(ConnectAPIError):
@@ -105,8 +135,9 @@ class ConnectRateLimitError(ConnectAPIError):
 class ConnectAmbiguousWriteError(ConnectError):
     """A POST was sent but its outcome is unknown (timeout or connection dropped after sending).
 
-    It is never resent blindly: the caller must look for what the write may have created before
-    trying again (the operators look for an open request of the same type for the same asset).
+    It is never resent blindly, and is not ``retryable``: the caller must look for what the write
+    may have created before trying again (the operators look for an open request of the same type
+    for the same asset).
     """
 
     def __init__(self, message: str, *, method: str | None = None, path: str | None = None) -> None:
@@ -120,10 +151,14 @@ class ConnectTransportError(ConnectError):
 
     Nothing was answered, so there is no status; ``method`` and ``path`` say which call failed.
     Raised for reads, and for writes only when nothing was sent (otherwise the outcome is unknown
-    and :class:`ConnectAmbiguousWriteError` is raised instead).
+    and :class:`ConnectAmbiguousWriteError` is raised instead). ``retryable`` is True, except when
+    waiting cannot help (a TLS certificate that is not trusted, a server that does not speak TLS).
     """
 
-    def __init__(self, message: str, *, method: str | None = None, path: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, method: str | None = None, path: str | None = None, retryable: bool = True
+    ) -> None:
         self.method = method
         self.path = path
+        self.retryable = retryable
         super().__init__(message)

@@ -7,20 +7,38 @@ hook, so its behaviour under load, faults and bad input is the project's:
 
 * pages are read lazily by ``limit``/``offset`` with the total from ``Content-Range``, one page in
   memory at a time, whatever the size of the collection;
-* transport errors, timeouts and 5xx are retried with exponential back-off and full jitter, 429 waits
-  for ``Retry-After`` (capped by ``max_wait``);
+* one retry policy (:class:`RetryPolicy`, its :meth:`~RetryPolicy.decide` judges every answer and
+  every transport error) for the synchronous calls and the async one of the triggers: transport
+  errors, timeouts and 5xx are retried with exponential back-off and full jitter, 429 waits for
+  ``Retry-After`` (capped by ``max_wait``);
 * a POST/PUT whose outcome is unknown (read timeout, connection dropped after sending, a gateway
   502/504) is never resent: :class:`ConnectAmbiguousWriteError` tells the caller to look before
   trying again (Connect has no idempotency key);
-* every error says which call failed and what to do; the API key is registered with Airflow's
-  secret masker and never formatted into a message, a log line or a repr.
+* every error says which call failed and what to do; what can be checked locally (the host, the
+  key, the extras, ids, bodies) is checked before any call and names the field;
+* the API key never leaves: it is registered with Airflow's secret masker, never formatted into a
+  message, and every error the hook raises - sync or async - and every line it logs is scrubbed of
+  every form of the key (header value, bare key, secret part) taken from the connection itself,
+  because Connect's answers are text the server chose and some servers and gateways echo the
+  ``Authorization`` header; chained exceptions are dropped (a transport library's exception holds
+  the request that was sent, headers included).
+
+Why a :class:`~airflow.sdk.BaseHook` that owns its ``requests.Session``, not the HTTP provider's
+``HttpHook``: the hook needs its own base-URL rules, its own retry policy, an async path the
+triggers can use, and the HTTP provider's extras applied the same way on both paths. ``HttpHook``
+offers none of that through public methods (its ``get_conn`` sends every unknown extra - ours too -
+as a header and builds a new session per call; its session setup is private), and reaching into
+its private attributes broke with each provider release. The extras users rely on keep the HTTP
+provider's meaning here, on the sync and the async path alike: ``proxies`` (or ``proxy``),
+``cert``, ``trust_env``, ``max_redirects``, and any other extra as an extra HTTP header.
 
 Connection (type ``cloudblue_connect``): ``host`` = API base URL (default
-:data:`connect_provider.CONNECT_API_BASE_URL`; a host without a path gets ``/public/v1``),
+:data:`connect_provider.CONNECT_API_BASE_URL`; a host without a path gets ``/public/v1``; a host
+without a scheme gets ``https://``, or the connection's ``schema`` as the HTTP provider reads it),
 ``password`` = API key with or without the ``ApiKey `` prefix, extras ``page_size`` (1-1000),
 ``timeout`` (read timeout, seconds), ``max_retries`` (0-20), ``max_wait`` (seconds, cap of one
-back-off sleep including ``Retry-After``), ``verify_ssl`` (default true). Other extras keep the
-HTTP provider's meaning (proxies, cert, extra headers).
+back-off sleep including ``Retry-After``), ``verify_ssl`` (default true), and the HTTP provider's
+extras above.
 """
 
 from __future__ import annotations
@@ -28,19 +46,22 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import email.utils
+import functools
+import inspect
 import json
 import math
+import os
 import random
 import re
+import ssl
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
-from types import SimpleNamespace
-from typing import Any, NamedTuple
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, NamedTuple, TypeVar
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import requests
-from airflow.providers.http.hooks.http import HttpHook
+from airflow.sdk import BaseHook
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 
 from connect_provider import CONNECT_API_BASE_URL, __version__
@@ -61,17 +82,24 @@ from connect_provider.rql import ordering as rql_ordering
 from connect_provider.rql import select as rql_select
 
 __all__ = [
+    "AMBIGUOUS",
     "DEFAULT_MAX_RETRIES",
     "DEFAULT_MAX_WAIT",
     "DEFAULT_PAGE_SIZE",
     "DEFAULT_TIMEOUT",
+    "DONE",
+    "RAISE",
     "REQUESTS_ORDERING",
+    "RETRY",
     "USAGE_RECORDS_ORDERING",
     "USAGE_RECORDS_PAGE_SIZE",
     "ConnectHook",
     "RawPage",
+    "RetryDecision",
+    "RetryPolicy",
     "parse_content_range",
     "parse_retry_after",
+    "transport_failure_kind",
 ]
 
 #: Page size of list calls when neither the call, the hook nor the connection sets one
@@ -106,17 +134,50 @@ DEFAULT_MAX_RETRIES = 5
 DEFAULT_MAX_WAIT = 60.0
 #: First back-off ceiling; it doubles on every retry (full jitter: sleep uniform in [0, ceiling]).
 BACKOFF_BASE = 0.5
+#: Redirects followed at most, as ``requests`` does by default (the HTTP provider's ``max_redirects``).
+DEFAULT_MAX_REDIRECTS = 30
 
 _WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # Gateway errors: the gateway lost or timed out on the backend, which may have applied the write.
 _AMBIGUOUS_WRITE_STATUSES = frozenset({502, 504})
-# The hook's own extras: read here, never sent as HTTP headers by HttpHook.
+# The hook's own extras: read here, never sent as HTTP headers.
 _OWN_EXTRAS = frozenset({"page_size", "timeout", "max_retries", "max_wait", "verify_ssl", "verify"})
+# The HTTP provider's session options (never headers): honoured, or ignored where they have no
+# meaning for this hook (stream, allow_redirects, check_response, srv_lookup).
+_HTTP_OPTION_EXTRAS = frozenset(
+    {
+        "proxies",
+        "proxy",
+        "cert",
+        "trust_env",
+        "max_redirects",
+        "stream",
+        "allow_redirects",
+        "check_response",
+        "srv_lookup",
+    }
+)
 _CONTENT_RANGE_RE = re.compile(r"^\s*items\s+(\d+)-(\d+)/(\d+)\s*$")
-_ERRNO_RE = re.compile(r"\[Errno -?\d+\] [^'\")]+")
+_ERRNO_RE = re.compile(r"\[Errno -?\d+\] [^'\")\]]+")
 _ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
 _MARKETPLACE_ID_RE = re.compile(r"MP-\d+(-\d+)*")
+# A path segment that is a Connect object id (PRD-276-377-545, PR-1234-..., MP-00001, UF-2026-...).
+_OBJECT_ID_SEGMENT_RE = re.compile(r"/[A-Z]{2,4}(-[0-9A-Za-z]+)+(/|$)")
+_APIKEY_PREFIX_RE = re.compile(r"apikey(\s+|$)", re.IGNORECASE)
+# OpenSSL's words for "the peer answered, but not in TLS" (a plain-HTTP server on an https URL).
+_NOT_TLS_MARKERS = (
+    "WRONG_VERSION_NUMBER",
+    "wrong version number",
+    "record layer failure",
+    "unknown protocol",
+)
+_UNTRUSTED_MARKERS = ("CERTIFICATE_VERIFY_FAILED", "certificate verify failed")
 _USER_AGENT = f"airflow-provider-cloudblue-connect/{__version__}"
+# Secrets shorter than this are not searched for in text: they would match ordinary words.
+_MIN_SECRET_LENGTH = 4
+_HOST_EXAMPLE = f"e.g. {CONNECT_API_BASE_URL}"
+
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 
 class RawPage(NamedTuple):
@@ -133,6 +194,186 @@ class RawPage(NamedTuple):
     total: int
 
 
+# ---------------------------------------------------------------------------------- retry policy
+
+#: :class:`RetryDecision` actions: the answer is the result; try again after ``delay``; raise the
+#: error this answer or exception stands for; raise ConnectAmbiguousWriteError (never resend).
+DONE, RETRY, RAISE, AMBIGUOUS = "done", "retry", "raise", "ambiguous"
+
+#: :func:`transport_failure_kind` values.
+UNSENT = "unsent"  # connecting failed (refused, DNS, connect timeout): nothing was sent
+TIMEOUT = "timeout"  # sent, no answer in time (read timeout)
+DROPPED = "dropped"  # sent, the connection broke before a whole answer came
+TLS = "tls"  # the TLS handshake failed: waiting will not help
+INVALID = "invalid"  # the call could not be built or sent at all (a bad header, URL...)
+
+
+class RetryDecision(NamedTuple):
+    """What :meth:`RetryPolicy.decide` says about one attempt.
+
+    ``action`` is :data:`DONE`, :data:`RETRY` (sleep ``delay`` seconds first), :data:`RAISE` or
+    :data:`AMBIGUOUS`; ``why`` names what decided: ``"Retry-After"`` or ``"back-off"`` for a retry,
+    the gateway status or the transport failure's kind otherwise.
+    """
+
+    action: str
+    delay: float = 0.0
+    why: str = ""
+
+
+def _nothing_sent(exc: BaseException) -> bool:
+    """True when the request certainly never left: connecting failed (refused, DNS, connect timeout)."""
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return True
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [exc]
+    while stack:
+        current = stack.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, (NewConnectionError, ConnectTimeoutError)):
+            return True
+        stack.append(getattr(current, "reason", None))
+        stack.extend(a for a in getattr(current, "args", ()) if isinstance(a, BaseException))
+        stack.append(current.__cause__)
+        stack.append(current.__context__)
+    return False
+
+
+def _aiohttp_failure_kind(exc: BaseException) -> str | None:
+    if not type(exc).__module__.startswith("aiohttp"):
+        return None
+    import aiohttp
+
+    if isinstance(exc, aiohttp.ClientSSLError):
+        return TLS
+    if isinstance(exc, getattr(aiohttp, "ConnectionTimeoutError", ())):
+        return UNSENT
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return UNSENT
+    if isinstance(exc, (aiohttp.InvalidURL, aiohttp.TooManyRedirects)):
+        return INVALID
+    if isinstance(exc, aiohttp.ServerTimeoutError):
+        return TIMEOUT
+    if isinstance(exc, aiohttp.ClientError):
+        return DROPPED
+    return None
+
+
+def transport_failure_kind(exc: BaseException) -> str:
+    """What a failure to get an answer means, for ``requests`` and ``aiohttp`` alike.
+
+    :data:`UNSENT` (safe to resend, even a write), :data:`TIMEOUT` and :data:`DROPPED` (the call may
+    have reached Connect), :data:`TLS` and :data:`INVALID` (retrying cannot help).
+    """
+    kind = _aiohttp_failure_kind(exc)
+    if kind is not None:
+        return kind
+    if isinstance(exc, requests.exceptions.SSLError):
+        return TLS
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return UNSENT
+    if isinstance(exc, requests.exceptions.ReadTimeout):
+        return TIMEOUT
+    if isinstance(
+        exc,
+        (
+            requests.exceptions.InvalidHeader,
+            requests.exceptions.InvalidURL,
+            requests.exceptions.InvalidSchema,
+            requests.exceptions.MissingSchema,
+            requests.exceptions.InvalidJSONError,
+            requests.exceptions.TooManyRedirects,
+        ),
+    ):
+        return INVALID
+    if isinstance(exc, requests.exceptions.RequestException):
+        return UNSENT if _nothing_sent(exc) else DROPPED
+    if isinstance(exc, asyncio.TimeoutError):
+        return TIMEOUT
+    return INVALID  # raised while building the call (an encoding error, a bad value): never sent
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """The hook's one retry policy: after each attempt, :meth:`decide` says what to do next.
+
+    Both paths (the synchronous calls and the triggers' async read) run the same loop over it, so
+    what is retried, how long the hook waits and what is never resent are decided here only:
+
+    * an answer below 400 is the result (:data:`DONE`);
+    * 429 and 5xx are retried up to ``max_retries`` times, after ``Retry-After`` (seconds or an HTTP
+      date) when the server sends it, else after a full-jitter back-off (uniform in [0, ceiling],
+      the ceiling ``backoff_base`` doubling per retry), every wait capped by ``max_wait``;
+    * a 502/504 to a write is :data:`AMBIGUOUS`: the gateway may have passed it on;
+    * other 4xx are raised at once (:data:`RAISE`);
+    * a transport failure before anything was sent is retried like a 5xx, one after sending is
+      retried for a read and :data:`AMBIGUOUS` for a write, a TLS or local failure is raised.
+
+    ``max_retries=0`` makes one attempt (the connection test).
+    """
+
+    max_retries: int = DEFAULT_MAX_RETRIES
+    max_wait: float = DEFAULT_MAX_WAIT
+    backoff_base: float = BACKOFF_BASE
+
+    @property
+    def attempts(self) -> int:
+        """Attempts in all: the first one and the retries."""
+        return self.max_retries + 1
+
+    def backoff(self, retry_number: int) -> float:
+        """Full jitter: uniform in [0, min(max_wait, backoff_base * 2**(retry_number-1))]."""
+        ceiling = min(self.max_wait, self.backoff_base * (2 ** (retry_number - 1)))
+        return random.uniform(0.0, ceiling)
+
+    def decide(
+        self,
+        method: str,
+        attempt: int,
+        *,
+        status: int | None = None,
+        headers: Mapping[str, str] | None = None,
+        error: BaseException | None = None,
+        now: dt.datetime | None = None,
+    ) -> RetryDecision:
+        """Judge attempt number ``attempt`` (1-based) of ``method``: its ``status`` (and response
+        ``headers``), or the ``error`` raised instead of an answer."""
+        write = method.upper() in _WRITE_METHODS
+        if error is not None:
+            kind = transport_failure_kind(error)
+            if kind in (TLS, INVALID):
+                return RetryDecision(RAISE, why=kind)
+            if write and kind != UNSENT:
+                return RetryDecision(AMBIGUOUS, why=kind)
+            if attempt >= self.attempts:
+                return RetryDecision(RAISE, why=kind)
+            return RetryDecision(RETRY, self.backoff(attempt), "back-off")
+        if status is None:
+            raise ValueError("decide() needs the status of an answer or the error raised instead")
+        if status < 400:
+            return RetryDecision(DONE)
+        if status != 429 and status < 500:
+            return RetryDecision(RAISE, why=str(status))
+        if write and status in _AMBIGUOUS_WRITE_STATUSES:
+            return RetryDecision(AMBIGUOUS, why=f"a gateway answered {status}")
+        if attempt >= self.attempts:
+            return RetryDecision(RAISE, why=str(status))
+        retry_after = parse_retry_after((headers or {}).get("Retry-After"), now)
+        if retry_after is not None:
+            return RetryDecision(RETRY, min(retry_after, self.max_wait), "Retry-After")
+        return RetryDecision(RETRY, self.backoff(attempt), "back-off")
+
+
+def _backoff_delay(retry_number: int, max_wait: float) -> float:
+    """The policy's back-off for ``max_wait`` (kept for callers that only need the delay)."""
+    return RetryPolicy(max_wait=max_wait).backoff(retry_number)
+
+
+# ---------------------------------------------------------------------------------- settings
+
+
 @dataclass(frozen=True)
 class _Settings:
     """Connection settings, read and validated once per hook. Holds no secret (it is logged)."""
@@ -143,10 +384,46 @@ class _Settings:
     max_retries: int
     max_wait: float
     verify_ssl: bool
+    #: True when the host had no scheme and ``https`` was assumed (errors then say to add one).
+    scheme_assumed: bool = False
 
     @property
     def connect_timeout(self) -> float:
         return min(CONNECT_TIMEOUT, self.timeout)
+
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        return RetryPolicy(max_retries=self.max_retries, max_wait=self.max_wait)
+
+
+@dataclass(frozen=True)
+class _HttpOptions:
+    """The HTTP provider's extras the hook honours, read once for the sync and the async path.
+
+    Header values may be tokens of a proxy or gateway: the repr names the headers only.
+    """
+
+    headers: Mapping[str, str] = field(default_factory=dict)
+    proxies: Mapping[str, str] = field(default_factory=dict)
+    cert: str | tuple[str, str] | None = None
+    trust_env: bool = True
+    max_redirects: int = DEFAULT_MAX_REDIRECTS
+
+    def __repr__(self) -> str:
+        return (
+            f"_HttpOptions(headers={sorted(self.headers)}, proxies={sorted(self.proxies)}, "
+            f"cert={'set' if self.cert else None}, trust_env={self.trust_env}, "
+            f"max_redirects={self.max_redirects})"
+        )
+
+
+class _Answer(NamedTuple):
+    """One HTTP answer, whichever client received it."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+    elapsed_ms: float
 
 
 def parse_content_range(value: str | None) -> tuple[int, int, int] | None:
@@ -180,12 +457,6 @@ def parse_retry_after(value: str | None, now: dt.datetime | None = None) -> floa
     if not math.isfinite(seconds):
         return None
     return max(0.0, seconds)
-
-
-def _backoff_delay(retry_number: int, max_wait: float) -> float:
-    """Full jitter: uniform in [0, min(max_wait, BACKOFF_BASE * 2**(retry_number-1))]."""
-    ceiling = min(max_wait, BACKOFF_BASE * (2 ** (retry_number - 1)))
-    return random.uniform(0.0, ceiling)
 
 
 def _setting_source(name: str, conn_id: str | None) -> str:
@@ -238,23 +509,193 @@ def _bool_setting(name: str, value: Any, conn_id: str | None) -> bool:
     )
 
 
-def _resolve_base_url(conn: Any) -> str:
+def _header_problem(text: str) -> str | None:
+    """Why ``text`` cannot be an HTTP header value (``http.client`` sends Latin-1), or None."""
+    for char in text:
+        code = ord(char)
+        if char in "\r\n":
+            return "contains a line break (CR or LF)"
+        if code == 0:
+            return "contains a NUL character"
+        if code < 32 or code == 127:
+            return "contains a control character"
+        if code > 255:
+            return (
+                "contains a character that cannot be sent in an HTTP header (outside Latin-1, "
+                "such as a typographic quote or a non-Latin letter)"
+            )
+    return None
+
+
+def _resolve_base_url(conn: Any) -> tuple[str, bool]:
+    """The API base URL of a connection, and whether its scheme was assumed (the host had none).
+
+    The API base is what the official client calls its endpoint,
+    ``https://api.connect.cloudblue.com/public/v1`` by default (cloudblue/connect-python-openapi-client
+    @ 7cd0e02 : ``connect/client/constants.py``); errors about the host show it as the example.
+
+    Refused before any call, never printing the host: a user name or password in it (Connect
+    takes only the API key, and the host is shown in errors), a scheme other than http/https, a
+    query or a fragment.
+    """
+    cid = conn.conn_id
     host = (conn.host or "").strip()
     if not host:
-        return CONNECT_API_BASE_URL
-    if "://" not in host:
-        host = f"{conn.schema or 'https'}://{host}"
-    parts = urlsplit(host)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return CONNECT_API_BASE_URL, False
+    assumed = "://" not in host
+    if assumed:
+        # The HTTP provider reads the connection's schema as the URL scheme of a bare host.
+        schema = (conn.schema or "").strip().lower()
+        if schema and schema not in ("http", "https"):
+            raise ConnectValidationError(
+                "schema",
+                f"connection {cid!r} has a schema that is not http or https (the HTTP provider "
+                "reads it as the URL scheme): leave the schema empty and write the whole API base "
+                f"URL in the host, {_HOST_EXAMPLE}",
+            )
+        host = f"{schema or 'https'}://{host}"
+        assumed = not schema
+    try:
+        parts = urlsplit(host)
+        port = parts.port
+    except ValueError:
         raise ConnectValidationError(
             "host",
-            f"the host of connection {conn.conn_id!r} must be the API base URL, e.g. {CONNECT_API_BASE_URL}",
+            f"the host of connection {cid!r} is not a valid URL: write the API base URL, {_HOST_EXAMPLE}",
+        ) from None
+    if "@" in parts.netloc:
+        raise ConnectValidationError(
+            "host",
+            f"the host of connection {cid!r} holds a user name or password (user:password@): "
+            "remove it; Connect takes only the API key, in the password field",
+        )
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConnectValidationError(
+            "host", f"the host of connection {cid!r} must be the API base URL, {_HOST_EXAMPLE}"
+        )
+    if parts.query or parts.fragment:
+        raise ConnectValidationError(
+            "host",
+            f"the host of connection {cid!r} must be the API base URL without a query or fragment, "
+            f"{_HOST_EXAMPLE}",
         )
     netloc = parts.netloc
-    if conn.port and parts.port is None:
+    if conn.port and port is None:
         netloc = f"{netloc}:{conn.port}"
     path = parts.path.rstrip("/") or "/public/v1"
-    return urlunsplit((parts.scheme, netloc, path, "", ""))
+    return urlunsplit((parts.scheme, netloc, path, "", "")), assumed
+
+
+def _api_key(conn: Any) -> tuple[str, list[str]]:
+    """The ``Authorization`` value of a connection and every form of the key to keep secret.
+
+    The password holds the key with or without the ``ApiKey `` prefix (the official client sends
+    the whole ``ApiKey SU-...:...`` string as the header, cloudblue/connect-python-openapi-client
+    @ 7cd0e02 : ``connect/client/utils.py`` ``get_headers``; the legacy SDK adds the prefix when
+    it is missing).
+    What can never work is refused here, naming the password and never showing it: no key, the
+    prefix alone, and characters an HTTP header cannot carry (which would otherwise fail inside
+    the HTTP client on every attempt, looking like a network error).
+    """
+    cid = conn.conn_id
+    raw = conn.password or ""
+    text = raw.strip()
+    prefix = _APIKEY_PREFIX_RE.match(text)
+    key = text[prefix.end() :].strip() if prefix else text
+    if not key:
+        if prefix:
+            raise ConnectValidationError(
+                "password",
+                f"the password of connection {cid!r} is only the 'ApiKey' prefix: put the whole key "
+                "after it (ApiKey SU-...:...)",
+            )
+        raise ConnectValidationError(
+            "password",
+            f"connection {cid!r} has no API key: put the key (ApiKey SU-...:...) in its password",
+        )
+    problem = _header_problem(key)
+    if problem:
+        raise ConnectValidationError(
+            "password",
+            f"the API key in the password of connection {cid!r} {problem}; copy the key again "
+            "from Connect (ApiKey SU-...:...) into the password, without it",
+        )
+    header = f"ApiKey {key}"
+    secrets = {raw, text, key, header}
+    if ":" in key:
+        secrets.add(key.split(":", 1)[1])
+    return header, sorted((s for s in secrets if len(s) >= _MIN_SECRET_LENGTH), key=len, reverse=True)
+
+
+def _http_options(conn: Any) -> _HttpOptions:
+    """The HTTP provider's extras: session options, and any other extra as an HTTP header."""
+    cid = conn.conn_id
+    extra = conn.extra_dejson or {}
+    headers: dict[str, str] = {}
+    for name, value in extra.items():
+        if name in _OWN_EXTRAS or name in _HTTP_OPTION_EXTRAS:
+            continue
+        source = f"the extra {name!r} of connection {cid!r}"
+        # The official client refuses default headers that hold Authorization, for the same reason
+        # (cloudblue/connect-python-openapi-client @ 7cd0e02 : connect/client/fluent.py).
+        if str(name).strip().lower() == "authorization":
+            raise ConnectValidationError(
+                name,
+                f"{source} would replace the API key's header: remove it and put the key in the password",
+            )
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise ConnectValidationError(
+                name,
+                f"{source} is sent as an HTTP header (the HTTP provider's meaning of an extra it does "
+                f"not know), so it must be text, got {type(value).__name__}",
+            )
+        text = str(value)
+        problem = _header_problem(str(name)) or _header_problem(text)
+        if problem:
+            raise ConnectValidationError(name, f"{source} is sent as an HTTP header and {problem}")
+        headers[str(name)] = text
+    raw_proxies = extra.get("proxies", extra.get("proxy"))
+    if raw_proxies in (None, ""):
+        proxies: dict[str, str] = {}
+    elif isinstance(raw_proxies, str):
+        proxies = {"http": raw_proxies, "https": raw_proxies}
+    elif isinstance(raw_proxies, Mapping) and all(isinstance(v, str) for v in raw_proxies.values()):
+        proxies = {str(k): v for k, v in raw_proxies.items()}
+    else:
+        raise ConnectValidationError(
+            "proxies",
+            f"the extra 'proxies' of connection {cid!r} must map schemes to proxy URLs, "
+            'e.g. {"https": "http://proxy.example:3128"}',
+        )
+    raw_cert = extra.get("cert")
+    cert: str | tuple[str, str] | None
+    if raw_cert in (None, ""):
+        cert = None
+    elif isinstance(raw_cert, str):
+        cert = raw_cert
+    elif (
+        isinstance(raw_cert, (list, tuple))
+        and len(raw_cert) == 2
+        and all(isinstance(p, str) for p in raw_cert)
+    ):
+        cert = (raw_cert[0], raw_cert[1])
+    else:
+        raise ConnectValidationError(
+            "cert",
+            f"the extra 'cert' of connection {cid!r} must be the path of a client certificate, "
+            "or [certificate path, key path]",
+        )
+    trust_env = extra.get("trust_env")
+    redirects = extra.get("max_redirects")
+    return _HttpOptions(
+        headers=headers,
+        proxies=proxies,
+        cert=cert,
+        trust_env=True if trust_env in (None, "") else _bool_setting("trust_env", trust_env, cid),
+        max_redirects=DEFAULT_MAX_REDIRECTS
+        if redirects in (None, "")
+        else _int_setting("max_redirects", redirects, 0, 100, cid),
+    )
 
 
 def _normalize_path(path: str) -> str:
@@ -277,76 +718,82 @@ def _id_segment(value: Any, field: str) -> str:
     return quote(value.strip(), safe="")
 
 
-def _nothing_sent(exc: BaseException) -> bool:
-    """True when the request certainly never left: connecting failed (refused, DNS, connect timeout)."""
-    if isinstance(exc, requests.exceptions.ConnectTimeout):
-        return True
-    seen: set[int] = set()
-    stack: list[BaseException | None] = [exc]
-    while stack:
-        current = stack.pop()
-        if current is None or id(current) in seen:
-            continue
-        seen.add(id(current))
-        if isinstance(current, (NewConnectionError, ConnectTimeoutError)):
-            return True
-        stack.append(getattr(current, "reason", None))
-        stack.extend(a for a in getattr(current, "args", ()) if isinstance(a, BaseException))
-        stack.append(current.__cause__)
-        stack.append(current.__context__)
-    return False
+def _json_body(value: Any) -> bytes:
+    """A request body as JSON, checked locally: a value JSON cannot carry is refused before any call."""
+    try:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+    except (TypeError, ValueError) as exc:
+        raise ConnectValidationError(
+            "json", f"the body cannot be sent as JSON ({exc}); pass strings, numbers, lists and dicts only"
+        ) from None
+
+
+def _errno_text(exc: BaseException) -> str | None:
+    """``[Errno 111] Connection refused`` from either client's exception, without host or URL."""
+    os_error = getattr(exc, "os_error", None)  # aiohttp keeps the socket's OSError here
+    code = getattr(os_error, "errno", None)
+    if isinstance(code, int):
+        reason = os.strerror(code) if code > 0 else (getattr(os_error, "strerror", None) or "")
+        return f"[Errno {code}] {reason}".strip()
+    match = _ERRNO_RE.search(str(exc))
+    return match.group(0).strip() if match else None
 
 
 def _describe_transport_error(exc: BaseException, timeout: float) -> str:
     """A short cause without URLs or headers (the exception's own text repeats the URL)."""
-    if isinstance(exc, requests.exceptions.ConnectTimeout):
-        return "connecting timed out"
-    if isinstance(exc, requests.exceptions.ReadTimeout):
+    kind = transport_failure_kind(exc)
+    if kind == TIMEOUT:
         return f"no answer within {timeout:g} s (read timeout)"
-    if isinstance(exc, requests.exceptions.ChunkedEncodingError):
+    if isinstance(exc, requests.exceptions.ConnectTimeout) or "Timeout" in type(exc).__name__:
+        return "connecting timed out"
+    if (
+        isinstance(exc, requests.exceptions.ChunkedEncodingError)
+        or type(exc).__name__ == "ClientPayloadError"
+    ):
         return "the answer was cut off"
-    if _nothing_sent(exc):
-        errno = _ERRNO_RE.search(str(exc))
-        return f"could not connect ({errno.group(0).strip() if errno else 'connection failed'})"
-    if isinstance(exc, requests.exceptions.ConnectionError):
+    if kind == UNSENT:
+        return f"could not connect ({_errno_text(exc) or 'connection failed'})"
+    if kind == DROPPED:
         return "the connection was dropped before an answer came"
     return type(exc).__name__
 
 
-def _error_details(body: bytes) -> tuple[str | None, list[str], dict[str, Any]]:
-    """Connect's ``error_code``, ``errors`` and (409) ``params`` of an error body, where present."""
+def _tls_problem(exc: BaseException) -> str:
+    text = str(exc)
+    if any(marker in text for marker in _NOT_TLS_MARKERS):
+        return "not-tls"
+    if any(marker in text for marker in _UNTRUSTED_MARKERS) or "Certificate" in type(exc).__name__:
+        return "untrusted"
+    return "handshake"
+
+
+def _error_details(body: bytes) -> tuple[bool, str | None, list[str], dict[str, Any]]:
+    """Whether ``body`` is Connect's error shape, and its ``error_code``, ``errors`` and ``params``.
+
+    Connect's shape is a JSON object with ``error_code`` and ``errors``: the official client reads
+    an error's details only from such a body (cloudblue/connect-python-openapi-client @ 7cd0e02 :
+    ``connect/client/fluent.py`` ``_get_api_error_details``).
+    """
     try:
         payload = json.loads(body)
     except (ValueError, UnicodeDecodeError):
-        return None, [], {}
+        return False, None, [], {}
     if not isinstance(payload, dict):
-        return None, [], {}
+        return False, None, [], {}
     code = payload.get("error_code")
     errors = payload.get("errors")
+    shaped = "error_code" in payload and "errors" in payload
     if isinstance(errors, str):
         errors = [errors]
     elif not isinstance(errors, list):
         errors = []
     params = payload.get("params")
     return (
+        shaped,
         (str(code) if code is not None else None),
         [str(e) for e in errors],
         dict(params) if isinstance(params, dict) else {},
     )
-
-
-def _json_or_none(body: bytes, method: str, path: str) -> Any:
-    if not body.strip():
-        return None
-    try:
-        return json.loads(body)
-    except ValueError as exc:
-        raise ConnectAPIError(
-            f"{method} {path}: Connect answered with something that is not JSON; "
-            "check that the host of the connection is the API base URL",
-            method=method,
-            path=path,
-        ) from exc
 
 
 def _is_empty_array(body: bytes) -> bool:
@@ -362,7 +809,58 @@ def _signed_fields(value: str | Sequence[str] | None) -> list[str]:
     return list(value)
 
 
-class ConnectHook(HttpHook):
+def _redacting(func: _F) -> _F:
+    """Make a public method of the hook raise only errors scrubbed of the API key.
+
+    Works for plain methods, generators (the error may come on any page) and coroutines. A
+    :class:`ConnectError` is scrubbed in place; any other exception that mentions the key (it can
+    only come from below the hook) is replaced by a ConnectError with the key removed; any other
+    exception passes unchanged. Chained causes of a scrubbed error are dropped.
+    """
+    if inspect.iscoroutinefunction(func):
+
+        @functools.wraps(func)
+        async def coroutine(self: ConnectHook, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return await func(self, *args, **kwargs)
+            except Exception as exc:
+                error = self._clean_error(exc)
+                if error is exc:
+                    raise
+            raise error
+
+        wrapper: Any = coroutine
+    elif inspect.isgeneratorfunction(func):
+
+        @functools.wraps(func)
+        def generator(self: ConnectHook, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return (yield from func(self, *args, **kwargs))
+            except Exception as exc:
+                error = self._clean_error(exc)
+                if error is exc:
+                    raise
+            raise error
+
+        wrapper = generator
+    else:
+
+        @functools.wraps(func)
+        def plain(self: ConnectHook, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return func(self, *args, **kwargs)
+            except Exception as exc:
+                error = self._clean_error(exc)
+                if error is exc:
+                    raise
+            raise error
+
+        wrapper = plain
+    wrapper.redacting = True
+    return wrapper  # type: ignore[no-any-return]
+
+
+class ConnectHook(BaseHook):
     """Talk to the CloudBlue Connect public API (see the module docstring for the connection).
 
     :param connect_conn_id: the Airflow connection of type ``cloudblue_connect``.
@@ -386,7 +884,7 @@ class ConnectHook(HttpHook):
         max_retries: int | None = None,
         max_wait: float | None = None,
     ) -> None:
-        super().__init__(method="GET", http_conn_id=connect_conn_id)
+        super().__init__()
         self.connect_conn_id = connect_conn_id
         # Constructor arguments are checked now (no I/O); the connection is read on first use.
         self._page_size_arg = (
@@ -402,12 +900,17 @@ class ConnectHook(HttpHook):
             None if max_wait is None else _float_setting("max_wait", max_wait, positive=False, conn_id=None)
         )
         self._settings: _Settings | None = None
+        self._options: _HttpOptions | None = None
+        self._authorization: str | None = None
+        # Every form of the connection's key, longest first: what redact() removes from text.
+        self._secrets: tuple[str, ...] = ()
         self._session: requests.Session | None = None
+        self._ssl_context: ssl.SSLContext | bool | None = None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(connect_conn_id={self.connect_conn_id!r})"
 
-    # ------------------------------------------------------------------ settings and session
+    # ------------------------------------------------------------------ connection, settings, session
 
     def _settings_from(self, conn: Any) -> _Settings:
         extra = conn.extra_dejson or {}
@@ -419,9 +922,10 @@ class ConnectHook(HttpHook):
             raw = extra.get(name)
             return default if raw is None or raw == "" else parse(raw)
 
+        base_url, scheme_assumed = _resolve_base_url(conn)
         verify_raw = extra.get("verify_ssl", extra.get("verify"))
         return _Settings(
-            base_url=_resolve_base_url(conn),
+            base_url=base_url,
             page_size=pick(
                 "page_size",
                 self._page_size_arg,
@@ -449,66 +953,83 @@ class ConnectHook(HttpHook):
             verify_ssl=True
             if verify_raw is None or verify_raw == ""
             else _bool_setting("verify_ssl", verify_raw, cid),
+            scheme_assumed=scheme_assumed,
         )
 
-    def _authorization(self, conn: Any) -> tuple[str, list[str]]:
-        """The ``Authorization`` value and the strings to register with the secret masker."""
-        raw = (conn.password or "").strip()
-        key = raw[len("ApiKey ") :].strip() if raw[:7].lower() == "apikey " else raw
-        if not key:
-            raise ConnectValidationError(
-                "password",
-                f"connection {self.connect_conn_id!r} has no API key: put the key "
-                "(ApiKey SU-...:...) in its password",
-            )
-        header = f"ApiKey {key}"
-        secrets = {raw, key, header}
-        if ":" in key:
-            secrets.add(key.split(":", 1)[1])
-        return header, [s for s in secrets if s]
+    def _load(self, conn: Any) -> list[str]:
+        """Validate a connection once (key first, so later errors can be scrubbed of it).
+
+        Returns the forms of the key, for the caller to register with Airflow's secret masker.
+        """
+        authorization, secrets = _api_key(conn)
+        self._secrets = tuple(secrets)
+        settings = self._settings_from(conn)
+        options = _http_options(conn)
+        self._authorization = authorization
+        self._options = options
+        self._settings = settings
+        return secrets
+
+    def _ensure_connection(self) -> None:
+        if self._settings is None:
+            from airflow.sdk.log import mask_secret
+
+            for secret in self._load(self.get_connection(self.connect_conn_id)):
+                mask_secret(secret)
+
+    async def _aensure_connection(self) -> None:
+        """The connection through Airflow's async-safe lookup (a trigger must not block the loop)."""
+        if self._settings is None:
+            from airflow.sdk.log import amask_secret
+
+            for secret in self._load(await self.aget_connection(self.connect_conn_id)):
+                await amask_secret(secret)
 
     @property
+    @_redacting
     def settings(self) -> _Settings:
         """The validated settings (base URL, page size, timeout, retries, max wait, TLS): no secret."""
-        if self._settings is None:
-            self.get_conn()
+        self._ensure_connection()
         assert self._settings is not None
         return self._settings
 
-    def get_conn(
-        self, headers: dict[Any, Any] | None = None, extra_options: dict[str, Any] | None = None
-    ) -> requests.Session:
+    @property
+    @_redacting
+    def retry_policy(self) -> RetryPolicy:
+        """The :class:`RetryPolicy` of this hook's calls (from the connection and the arguments)."""
+        return self.settings.retry_policy
+
+    def _headers(self) -> dict[str, str]:
+        assert self._options is not None and self._authorization is not None
+        headers = {"Accept": "application/json", "User-Agent": _USER_AGENT, **self._options.headers}
+        headers["Authorization"] = self._authorization
+        return headers
+
+    @_redacting
+    def get_conn(self, headers: Mapping[str, str] | None = None) -> requests.Session:
         """The hook's one ``requests.Session`` (keep-alive), built on first use.
 
-        Reads the connection once: validates the extras, sets ``Authorization: ApiKey ...`` and
-        registers the key with Airflow's secret masker. Extras that are not the hook's own keep the
-        HTTP provider's meaning (proxies, cert, extra headers).
+        Reads the connection once: validates the host, the key and the extras, sets
+        ``Authorization: ApiKey ...`` and registers the key with Airflow's secret masker. The HTTP
+        provider's extras apply (proxies, cert, trust_env, max_redirects, extra headers).
+        ``headers`` are added to the session's (never ``Authorization``).
         """
+        self._ensure_connection()
         if self._session is None:
-            from airflow.sdk.log import mask_secret
-
-            conn = self.get_connection(self.connect_conn_id)
-            authorization, secrets = self._authorization(conn)
-            for secret in secrets:
-                mask_secret(secret)
-            settings = self._settings_from(conn)
-            self.base_url = settings.base_url
-            self._base_url_initialized = True
+            assert self._settings is not None and self._options is not None
             session = requests.Session()
-            passthrough = {k: v for k, v in (conn.extra_dejson or {}).items() if k not in _OWN_EXTRAS}
-            if passthrough:
-                view = SimpleNamespace(
-                    extra_dejson=passthrough, host=conn.host, extra=json.dumps(passthrough)
-                )
-                session = self._configure_session_from_extra(session, view, {})
-            session.verify = settings.verify_ssl
-            session = self._configure_session_from_mount_adapters(session)
-            session.headers.update(
-                {"Authorization": authorization, "Accept": "application/json", "User-Agent": _USER_AGENT}
-            )
-            self._settings = settings
+            session.headers.update(self._headers())
+            session.verify = self._settings.verify_ssl
+            session.cert = self._options.cert
+            session.proxies.update(self._options.proxies)
+            session.trust_env = self._options.trust_env
+            session.max_redirects = self._options.max_redirects
             self._session = session
         if headers:
+            if any(str(k).lower() == "authorization" for k in headers):
+                raise ConnectValidationError(
+                    "headers", "the Authorization header comes from the connection's password"
+                )
             self._session.headers.update(headers)
         return self._session
 
@@ -518,18 +1039,68 @@ class ConnectHook(HttpHook):
             self._session.close()
             self._session = None
 
-    def _redact(self, text: str) -> str:
-        """Belt and braces: remove the key from text that came from the server before it is raised."""
-        session = self._session
-        authorization = session.headers.get("Authorization") if session is not None else None
-        if isinstance(authorization, str):
-            key = authorization[len("ApiKey ") :]
-            for secret in (authorization, key, key.split(":", 1)[-1]):
-                if len(secret) >= 4:
-                    text = text.replace(secret, "***")
+    def redact(self, text: str) -> str:
+        """``text`` with every form of this hook's API key (header value, key, secret) as ``***``.
+
+        The forms come from the connection itself once it was read, so this works on the async
+        path too, where there is no session. Before the connection is read nothing is known and
+        nothing was sent.
+        """
+        for secret in self._secrets:
+            if secret in text:
+                text = text.replace(secret, "***")
         return text
 
-    # ------------------------------------------------------------------ the one request loop
+    def _mentions_key(self, exc: BaseException) -> bool:
+        seen: set[int] = set()
+        current: BaseException | None = exc
+        stack: list[BaseException | None] = [exc]
+        while stack:
+            current = stack.pop()
+            if current is None or id(current) in seen:
+                continue
+            seen.add(id(current))
+            text = f"{current}\n{current!r}"
+            if any(secret in text for secret in self._secrets):
+                return True
+            stack.extend([current.__cause__, current.__context__])
+        return False
+
+    def _clean_error(self, exc: Exception) -> Exception:
+        """``exc`` scrubbed of the key, or a ConnectError in its place (see :func:`_redacting`)."""
+        if isinstance(exc, ConnectError):
+            return exc.scrub(self.redact)
+        if self._secrets and self._mentions_key(exc):
+            return ConnectError(f"{type(exc).__name__} in a call to Connect: {self.redact(str(exc))}").scrub(
+                self.redact
+            )
+        return exc
+
+    def _emit(self, level: str, message: str, *args: Any) -> None:
+        """Log through the hook's logger, the text formatted first and scrubbed of the key."""
+        text = message % args if args else message
+        getattr(self.log, level)(self.redact(text))
+
+    def _ssl_for_aiohttp(self) -> ssl.SSLContext | bool:
+        """``verify_ssl`` and ``cert`` as aiohttp takes them (the same meaning as on the sync path)."""
+        if self._ssl_context is None:
+            assert self._settings is not None and self._options is not None
+            verify, cert = self._settings.verify_ssl, self._options.cert
+            if not cert:
+                self._ssl_context = verify
+            else:
+                context = ssl.create_default_context()
+                if not verify:
+                    context.check_hostname = False
+                    context.verify_mode = ssl.CERT_NONE
+                if isinstance(cert, tuple):
+                    context.load_cert_chain(cert[0], cert[1])
+                else:
+                    context.load_cert_chain(cert)
+                self._ssl_context = context
+        return self._ssl_context
+
+    # ------------------------------------------------------------------ the one retry loop
 
     def _query_string(
         self,
@@ -558,61 +1129,277 @@ class ConnectHook(HttpHook):
             terms.append(f"offset={int(offset)}")
         return "&".join(terms)
 
-    def _status_error(self, status: int, body: bytes, method: str, path: str, attempts: int) -> ConnectError:
-        error_code, errors, params = _error_details(body)
-        detail = f"{error_code} - {'; '.join(errors)}" if error_code or errors else ""
-        detail = self._redact(detail)[:1000]
+    def _exchange(
+        self, method: str, path: str, shown: str, policy: RetryPolicy, *, collection: bool = False
+    ) -> Generator[float | None, Any, _Answer]:
+        """The one retry loop of both paths, without any I/O of its own.
+
+        It yields ``None`` to ask its driver for one attempt and is sent the :class:`_Answer` or the
+        exception raised instead; it yields a number of seconds to ask for a sleep. It returns the
+        answer to use, or raises the ConnectError the last attempt stands for. The drivers
+        (:meth:`_call` with ``requests``, :meth:`_acall` with ``aiohttp``) only send and sleep.
+        """
+        attempt = 0
+        while True:
+            attempt += 1
+            outcome = yield None
+            if isinstance(outcome, BaseException):
+                self._emit("debug", "%s %s -> %s", method, shown, type(outcome).__name__)
+                decision = policy.decide(method, attempt, error=outcome)
+            else:
+                self._emit(
+                    "debug",
+                    "%s %s -> %s in %.0f ms (%d bytes)",
+                    method,
+                    shown,
+                    outcome.status,
+                    outcome.elapsed_ms,
+                    len(outcome.body),
+                )
+                decision = policy.decide(method, attempt, status=outcome.status, headers=outcome.headers)
+            if decision.action == DONE:
+                return outcome
+            if decision.action == RETRY:
+                if isinstance(outcome, BaseException):
+                    self._emit(
+                        "warning",
+                        "%s %s failed (%s; attempt %d of %d): retrying in %.2f s",
+                        method,
+                        path,
+                        _describe_transport_error(outcome, self.settings.timeout),
+                        attempt,
+                        policy.attempts,
+                        decision.delay,
+                    )
+                else:
+                    self._emit(
+                        "warning",
+                        "%s on %s %s (attempt %d of %d): retrying in %.2f s (%s)",
+                        outcome.status,
+                        method,
+                        path,
+                        attempt,
+                        policy.attempts,
+                        decision.delay,
+                        decision.why,
+                    )
+                yield decision.delay
+                continue
+            raise self._final_error(method, path, attempt, decision, outcome, collection=collection)
+
+    def _final_error(
+        self,
+        method: str,
+        path: str,
+        attempt: int,
+        decision: RetryDecision,
+        outcome: _Answer | BaseException,
+        *,
+        collection: bool,
+    ) -> ConnectError:
+        """The error an attempt the policy did not accept stands for."""
+        if isinstance(outcome, BaseException):
+            cause = _describe_transport_error(outcome, self.settings.timeout)
+            if decision.action == AMBIGUOUS:
+                return self._ambiguous(method, path, cause)
+            return self._transport_error(method, path, attempt, outcome, cause)
+        if decision.action == AMBIGUOUS:
+            return self._ambiguous(method, path, decision.why)
+        return self._status_error(
+            outcome.status,
+            outcome.body,
+            method,
+            path,
+            attempt,
+            collection=collection,
+            content_type=outcome.headers.get("Content-Type"),
+        )
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        query_string: str = "",
+        json_body: Any = None,
+        has_body: bool = False,
+        retries: int | None = None,
+        collection: bool = False,
+    ) -> _Answer:
+        """Send one call with the retry policy (``requests``); a 2xx/3xx answer or a ConnectError.
+
+        ``retries`` overrides the connection's ``max_retries`` for this call only; ``collection``
+        says the path is a collection (a 404 then means the host is not the API base URL).
+        """
+        method = method.upper()
+        rel = _normalize_path(path)
+        data = _json_body(json_body) if has_body else None
+        session = self.get_conn()
+        settings = self.settings
+        policy = (
+            settings.retry_policy if retries is None else replace(settings.retry_policy, max_retries=retries)
+        )
+        shown = rel + (f"?{query_string}" if query_string else "")
+        url = settings.base_url + shown
+        headers = {"Content-Type": "application/json"} if data is not None else None
+        steps = self._exchange(method, rel, shown, policy, collection=collection)
+        step = next(steps)
+        while True:
+            reply: _Answer | BaseException | None = None
+            if step is None:
+                started = time.monotonic()
+                try:
+                    response = session.request(
+                        method,
+                        url,
+                        data=data,
+                        headers=headers,
+                        timeout=(settings.connect_timeout, settings.timeout),
+                    )
+                    reply = _Answer(
+                        response.status_code,
+                        response.headers,
+                        response.content,
+                        (time.monotonic() - started) * 1000,
+                    )
+                except Exception as exc:  # every failure to get an answer is the policy's to judge
+                    reply = exc
+            else:
+                time.sleep(step)
+            try:
+                step = steps.send(reply)
+            except StopIteration as done:
+                return done.value
+
+    async def _acall(self, method: str, path: str, *, query_string: str = "") -> _Answer:
+        """:meth:`_call` for the event loop (``aiohttp``): the same loop, the same policy and errors."""
+        import aiohttp
+        from yarl import URL
+
+        method = method.upper()
+        rel = _normalize_path(path)
+        await self._aensure_connection()
+        settings, options = self.settings, self._options
+        assert options is not None
+        shown = rel + (f"?{query_string}" if query_string else "")
+        url = URL(settings.base_url + shown, encoded=True)
+        scheme = urlsplit(settings.base_url).scheme
+        proxy = options.proxies.get(scheme) or options.proxies.get("all")
+        timeout = aiohttp.ClientTimeout(
+            total=None, connect=settings.connect_timeout, sock_read=settings.timeout
+        )
+        async with aiohttp.ClientSession(
+            timeout=timeout, headers=self._headers(), trust_env=options.trust_env
+        ) as session:
+            steps = self._exchange(method, rel, shown, settings.retry_policy)
+            step = next(steps)
+            while True:
+                reply: _Answer | BaseException | None = None
+                if step is None:
+                    started = time.monotonic()
+                    try:
+                        async with session.request(
+                            method,
+                            url,
+                            ssl=self._ssl_for_aiohttp(),
+                            proxy=proxy,
+                            max_redirects=options.max_redirects,
+                        ) as response:
+                            body = await response.read()
+                            reply = _Answer(
+                                response.status, response.headers, body, (time.monotonic() - started) * 1000
+                            )
+                    except Exception as exc:  # every failure to get an answer is the policy's to judge
+                        reply = exc
+                else:
+                    await asyncio.sleep(step)
+                try:
+                    step = steps.send(reply)
+                except StopIteration as done:
+                    return done.value
+
+    # ------------------------------------------------------------------ errors
+
+    def _status_error(
+        self,
+        status: int,
+        body: bytes,
+        method: str,
+        path: str,
+        attempts: int,
+        *,
+        collection: bool = False,
+        content_type: str | None = None,
+    ) -> ConnectError:
+        shaped, error_code, errors, params = _error_details(body)
+        if error_code or errors:
+            detail = f"{error_code} - {'; '.join(errors)}"
+        elif body.strip() and not shaped:
+            kind = (content_type or "").split(";")[0].strip() or "text"
+            detail = f"an answer in {kind}, not Connect's JSON error"
+        else:
+            detail = ""
+        detail = self.redact(detail)[:1000]
         where = f"{status} on {method} {path}"
         cid = self.connect_conn_id
         kwargs: dict[str, Any] = {
             "status": status,
             "error_code": error_code,
-            "errors": [self._redact(e) for e in errors],
+            "errors": errors,
             "method": method,
             "path": path,
-            "params": {
-                str(k): self._redact(v) if isinstance(v, str) else v for k, v in params.items()
-            },
+            "params": params,
         }
         if status == 401:
             return ConnectAuthError(
                 f"{where}: the API key of connection {cid!r} was refused; "
                 "check the password of that connection",
                 **kwargs,
-            )
+            ).scrub(self.redact)
         if status == 403:
             return ConnectAuthError(
                 f"{where}: the API key of connection {cid!r} may not do this"
                 f"{f' ({detail})' if detail else ''}; give its account the permission or use another key",
                 **kwargs,
-            )
+            ).scrub(self.redact)
+        if status == 404 and ((collection and not _OBJECT_ID_SEGMENT_RE.search(path)) or not shaped):
+            # Connect answers a missing object in its error shape, and every top-level collection
+            # exists: a 404 in another shape, or on such a collection, comes from a server that is
+            # not the API. (A collection under an object, /products/PRD-.../connections, may 404
+            # because that object does not exist: that is the id's fault, not the host's.)
+            base = self._settings.base_url if self._settings is not None else "the host"
+            return ConnectNotFoundError(
+                f"{where}: {base}{path} does not exist, so the host of connection {cid!r} is not "
+                f"Connect's API base URL; set the host to the API base URL, {_HOST_EXAMPLE}",
+                **kwargs,
+            ).scrub(self.redact)
         if status == 404:
             return ConnectNotFoundError(
                 f"{where}: not found{f' ({detail})' if detail else ''}; check the id or path", **kwargs
-            )
+            ).scrub(self.redact)
         if status == 409:
             return ConnectConflictError(
                 f"{where}: Connect refused the call because it exists already"
                 f"{f' ({detail})' if detail else ''}; the existing request is in the error's params",
                 **kwargs,
-            )
+            ).scrub(self.redact)
         if status == 429:
             return ConnectRateLimitError(
                 f"{where}: Connect still rate-limited the call after {attempts} attempts; lower the load "
                 f"(fewer parallel tasks in the API pool) or raise max_retries/max_wait of connection {cid!r}",
                 **kwargs,
-            )
+            ).scrub(self.redact)
         if status >= 500:
             return ConnectAPIError(
                 f"{where}: Connect failed {attempts} time(s){f' ({detail})' if detail else ''}; "
                 f"try again later or raise max_retries of connection {cid!r}",
                 **kwargs,
-            )
+            ).scrub(self.redact)
         return ConnectAPIError(
             f"{where}: Connect refused the call{f': {detail}' if detail else ''}; "
             "fix the request and run it again",
             **kwargs,
-        )
+        ).scrub(self.redact)
 
     def _ambiguous(self, method: str, path: str, cause: str) -> ConnectAmbiguousWriteError:
         return ConnectAmbiguousWriteError(
@@ -623,170 +1410,112 @@ class ConnectHook(HttpHook):
             path=path,
         )
 
-    def _next_step(
-        self,
-        *,
-        method: str,
-        path: str,
-        status: int,
-        headers: Mapping[str, str],
-        body: bytes,
-        attempt: int,
-        settings: _Settings,
-    ) -> float | None:
-        """Decide after an answer: ``None`` = done (2xx/3xx), a delay = retry, else raise."""
-        attempts = settings.max_retries + 1
-        if status < 400:
-            return None
-        retry_after = parse_retry_after(headers.get("Retry-After"))
-        if status == 429 or status >= 500:
-            if method in _WRITE_METHODS and status in _AMBIGUOUS_WRITE_STATUSES:
-                raise self._ambiguous(method, path, f"a gateway answered {status}")
-            if attempt >= attempts:
-                raise self._status_error(status, body, method, path, attempts)
-            if retry_after is not None:
-                delay, why = min(retry_after, settings.max_wait), "Retry-After"
+    def _transport_error(
+        self, method: str, path: str, attempts: int, exc: BaseException, cause: str
+    ) -> ConnectTransportError:
+        settings = self.settings
+        cid = self.connect_conn_id
+        kind = transport_failure_kind(exc)
+        parts = urlsplit(settings.base_url)
+        if kind == TLS:
+            problem = _tls_problem(exc)
+            where = f"{parts.hostname}:{parts.port or 443}"
+            if problem == "not-tls" and settings.scheme_assumed:
+                message = (
+                    f"{method} {path}: {where} does not speak TLS, and https was assumed because the host "
+                    f"of connection {cid!r} has no scheme: write the scheme in the host, add https:// "
+                    f"for Connect ({CONNECT_API_BASE_URL}) or http:// for a plain-HTTP server such as a "
+                    "local sandbox"
+                )
+            elif problem == "not-tls":
+                message = (
+                    f"{method} {path}: {where} does not speak TLS (https): if it is a plain-HTTP server "
+                    f"such as a local sandbox, write http:// in the host of connection {cid!r}; Connect "
+                    f"itself is {CONNECT_API_BASE_URL}"
+                )
+            elif problem == "untrusted":
+                message = (
+                    f"{method} {path}: the TLS certificate of {parts.hostname} is not trusted; install "
+                    "its certificate authority (e.g. REQUESTS_CA_BUNDLE) or, for a local sandbox only, "
+                    f"set the extra verify_ssl of connection {cid!r} to false"
+                )
             else:
-                delay, why = _backoff_delay(attempt, settings.max_wait), "back-off"
-            self.log.warning(
-                "%s on %s %s (attempt %d of %d): retrying in %.2f s (%s)",
-                status,
-                method,
-                path,
-                attempt,
-                attempts,
-                delay,
-                why,
+                message = (
+                    f"{method} {path}: the TLS handshake with {parts.hostname} failed; check the host "
+                    f"of connection {cid!r} ({_HOST_EXAMPLE}) and any proxy in between"
+                )
+            return ConnectTransportError(message, method=method, path=path, retryable=False)
+        if kind == INVALID:
+            return ConnectTransportError(
+                f"{method} {path}: the call could not be sent ({type(exc).__name__}: "
+                f"{self.redact(str(exc))[:300]}); check the host and the extras of connection {cid!r}",
+                method=method,
+                path=path,
+                retryable=False,
             )
-            return delay
-        raise self._status_error(status, body, method, path, attempts)
+        hint = ""
+        if settings.scheme_assumed and kind == UNSENT:
+            hint = (
+                "; its host has no scheme, so https was assumed: write the scheme in the host (add "
+                "https://, or http:// for a plain-HTTP server such as a local sandbox)"
+            )
+        return ConnectTransportError(
+            f"{method} {path}: could not reach Connect at {settings.base_url} after {attempts} "
+            f"attempt(s) (last: {cause}); check the host of connection {cid!r} and the network, or "
+            f"raise its timeout/max_retries{hint}",
+            method=method,
+            path=path,
+        )
 
-    def _transport_failure(
-        self, exc: BaseException, *, method: str, path: str, attempt: int, settings: _Settings
-    ) -> float:
-        """Decide after a transport error: a delay to retry, or raise."""
-        attempts = settings.max_retries + 1
-        cause = _describe_transport_error(exc, settings.timeout)
-        if method in _WRITE_METHODS and not _nothing_sent(exc):
-            raise self._ambiguous(method, path, cause) from None
-        if attempt >= attempts:
-            raise ConnectTransportError(
-                f"{method} {path}: could not reach Connect at {settings.base_url} after {attempts} "
-                f"attempt(s) (last: {cause}); check the host of connection {self.connect_conn_id!r} "
-                "and the network, or raise its timeout/max_retries",
+    def _json_or_none(self, body: bytes, method: str, path: str) -> Any:
+        if not body.strip():
+            return None
+        try:
+            return json.loads(body)
+        except ValueError:
+            base = self._settings.base_url if self._settings is not None else "the host"
+            raise ConnectAPIError(
+                f"{method} {path}: Connect answered with something that is not JSON; check that the "
+                f"host of the connection is the API base URL (now {base}), {_HOST_EXAMPLE}",
                 method=method,
                 path=path,
             ) from None
-        delay = _backoff_delay(attempt, settings.max_wait)
-        self.log.warning(
-            "%s %s failed (%s; attempt %d of %d): retrying in %.2f s",
-            method,
-            path,
-            cause,
-            attempt,
-            attempts,
-            delay,
-        )
-        return delay
-
-    def _request(
-        self,
-        method: str,
-        path: str,
-        *,
-        query_string: str = "",
-        json_body: Any = None,
-        has_body: bool = False,
-        retries: int | None = None,
-    ) -> requests.Response:
-        """Send one call with the retry policy; returns a 2xx/3xx response or raises a ConnectError.
-
-        ``retries`` overrides the connection's ``max_retries`` for this call only.
-        """
-        method = method.upper()
-        rel = _normalize_path(path)
-        session = self.get_conn()
-        settings = self.settings if retries is None else replace(self.settings, max_retries=retries)
-        url = settings.base_url + rel + (f"?{query_string}" if query_string else "")
-        shown = rel + (f"?{query_string}" if query_string else "")
-        attempt = 0
-        while True:
-            attempt += 1
-            started = time.monotonic()
-            try:
-                response = session.request(
-                    method,
-                    url,
-                    json=json_body if has_body else None,
-                    timeout=(settings.connect_timeout, settings.timeout),
-                )
-            except requests.exceptions.SSLError:
-                raise ConnectTransportError(
-                    f"{method} {rel}: the TLS handshake with {urlsplit(settings.base_url).hostname} failed "
-                    "(certificate not trusted?); fix the certificate or, for a local sandbox only, set the "
-                    f"extra verify_ssl of connection {self.connect_conn_id!r} to false",
-                    method=method,
-                    path=rel,
-                ) from None
-            except requests.exceptions.RequestException as exc:
-                self.log.debug("%s %s -> %s", method, shown, type(exc).__name__)
-                time.sleep(
-                    self._transport_failure(exc, method=method, path=rel, attempt=attempt, settings=settings)
-                )
-                continue
-            body = response.content
-            self.log.debug(
-                "%s %s -> %s in %.0f ms (%d bytes)",
-                method,
-                shown,
-                response.status_code,
-                (time.monotonic() - started) * 1000,
-                len(body),
-            )
-            delay = self._next_step(
-                method=method,
-                path=rel,
-                status=response.status_code,
-                headers=response.headers,
-                body=body,
-                attempt=attempt,
-                settings=settings,
-            )
-            if delay is None:
-                return response
-            time.sleep(delay)
 
     # ------------------------------------------------------------------ generic calls
 
+    @_redacting
     def get(self, path: str, params: Mapping[str, Any] | None = None, *, query: R | str | None = None) -> Any:
         """GET ``path`` (relative to the API base) and return the decoded JSON (``None`` if empty).
 
         ``params`` become ``name=value`` terms with values rendered safely; ``query`` is RQL.
         """
         rel = _normalize_path(path)
-        response = self._request("GET", rel, query_string=self._query_string(query, params=params))
-        return _json_or_none(response.content, "GET", rel)
+        answer = self._call("GET", rel, query_string=self._query_string(query, params=params))
+        return self._json_or_none(answer.body, "GET", rel)
 
+    @_redacting
     def post(self, path: str, json: Any = None) -> Any:
         """POST ``json`` (no body if ``None``).
 
         Raises ConnectAmbiguousWriteError, without resending, when the outcome is unknown.
         """
         rel = _normalize_path(path)
-        response = self._request("POST", rel, json_body=json, has_body=json is not None)
-        return _json_or_none(response.content, "POST", rel)
+        answer = self._call("POST", rel, json_body=json, has_body=json is not None)
+        return self._json_or_none(answer.body, "POST", rel)
 
+    @_redacting
     def put(self, path: str, json: Any = None) -> Any:
         """PUT ``json``; like :meth:`post`, never resent once possibly applied."""
         rel = _normalize_path(path)
-        response = self._request("PUT", rel, json_body=json, has_body=json is not None)
-        return _json_or_none(response.content, "PUT", rel)
+        answer = self._call("PUT", rel, json_body=json, has_body=json is not None)
+        return self._json_or_none(answer.body, "PUT", rel)
 
     def _page_size(self, page_size: int | None, default: int) -> int:
         if page_size is not None:
             return _int_setting("page_size", page_size, 1, MAX_PAGE_SIZE, None)
         return self.settings.page_size or default
 
+    @_redacting
     def iter_raw_pages(
         self,
         path: str,
@@ -814,11 +1543,11 @@ class ConnectHook(HttpHook):
             query_string = self._query_string(
                 query, select=select, ordering=ordering, limit=size, offset=offset
             )
-            response = self._request("GET", rel, query_string=query_string)
-            body = response.content
-            content_range = parse_content_range(response.headers.get("Content-Range"))
+            answer = self._call("GET", rel, query_string=query_string, collection=True)
+            body = answer.body
+            content_range = parse_content_range(answer.headers.get("Content-Range"))
             if content_range is None:
-                items = _json_or_none(body, "GET", rel)
+                items = self._json_or_none(body, "GET", rel)
                 if not isinstance(items, list):
                     raise ConnectAPIError(
                         f"GET {rel}: expected a JSON array (a collection); check the path",
@@ -833,7 +1562,7 @@ class ConnectHook(HttpHook):
                 count = 0 if total == 0 or first >= total or _is_empty_array(body) else last - first + 1
             if count == 0:
                 if page_number == 0:
-                    self.log.info("%s: no items", what)
+                    self._emit("info", "%s: no items", what)
                 return
             page_number += 1
             per_page = max(per_page if page_number > 1 else count, count)
@@ -846,13 +1575,14 @@ class ConnectHook(HttpHook):
 
     def _log_progress(self, what: str, page_number: int, per_page: int, done: int, total: int) -> None:
         if total < 0:
-            self.log.info("%s: page %d, %s so far", what, page_number, f"{done:,}")
+            self._emit("info", "%s: page %d, %s so far", what, page_number, f"{done:,}")
             return
         pages = max(1, math.ceil(total / max(per_page, 1)))
         every = max(1, pages // 20)
         if page_number == 1 or page_number % every == 0 or done >= total:
-            self.log.info("%s: page %d/%d, %s/%s", what, page_number, pages, f"{done:,}", f"{total:,}")
+            self._emit("info", "%s: page %d/%d, %s/%s", what, page_number, pages, f"{done:,}", f"{total:,}")
 
+    @_redacting
     def iter_pages(
         self,
         path: str,
@@ -869,13 +1599,14 @@ class ConnectHook(HttpHook):
         for page in self.iter_raw_pages(
             rel, query, page_size, select, ordering, label=label, default_page_size=default_page_size
         ):
-            items = json.loads(page.body)
+            items = self._json_or_none(page.body, "GET", rel)
             if not isinstance(items, list):
                 raise ConnectAPIError(
                     f"GET {rel}: expected a JSON array (a collection); check the path", method="GET", path=rel
                 )
             yield items
 
+    @_redacting
     def iter_items(
         self,
         path: str,
@@ -888,12 +1619,16 @@ class ConnectHook(HttpHook):
         for page in self.iter_pages(path, query, page_size, select, ordering):
             yield from page
 
+    @_redacting
     def count(self, path: str, query: R | str | None = None, *, retries: int | None = None) -> int:
         """The size of a collection: one ``limit=0`` call, the total from ``Content-Range``."""
         rel = _normalize_path(path)
-        response = self._request("GET", rel, query_string=self._query_string(query, limit=0), retries=retries)
-        content_range = parse_content_range(response.headers.get("Content-Range"))
+        answer = self._call(
+            "GET", rel, query_string=self._query_string(query, limit=0), retries=retries, collection=True
+        )
+        content_range = parse_content_range(answer.headers.get("Content-Range"))
         if content_range is None:
+            self._json_or_none(answer.body, "GET", rel)  # an answer that is not JSON says so first
             raise ConnectAPIError(
                 f"GET {rel}: the answer has no Content-Range, so the collection cannot be counted; "
                 "check that the path is a collection",
@@ -904,6 +1639,7 @@ class ConnectHook(HttpHook):
 
     # ------------------------------------------------------------------ requests
 
+    @_redacting
     def create_request(self, payload: Mapping[str, Any]) -> dict[str, Any]:
         """``POST /requests``. Never resent once possibly applied (see ConnectAmbiguousWriteError)."""
         if (
@@ -916,10 +1652,12 @@ class ConnectHook(HttpHook):
             )
         return self.post("/requests", json=dict(payload))
 
+    @_redacting
     def get_request(self, request_id: str) -> dict[str, Any]:
         """``GET /requests/{id}``; ConnectNotFoundError if there is none."""
         return self.get(f"/requests/{_id_segment(request_id, 'request_id')}")
 
+    @_redacting
     def list_requests(
         self,
         query: R | str | None = None,
@@ -933,6 +1671,7 @@ class ConnectHook(HttpHook):
         """
         return list(self.iter_items("/requests", query, ordering=ordering))
 
+    @_redacting
     def approve_request(
         self, request_id: str, template_id: str, effective_date: dt.date | str | None = None
     ) -> dict[str, Any]:
@@ -947,6 +1686,7 @@ class ConnectHook(HttpHook):
             )
         return self.post(f"/requests/{segment}/approve", json=body)
 
+    @_redacting
     def fail_request(self, request_id: str, reason: str) -> dict[str, Any]:
         """``POST /requests/{id}/fail`` with a reason (terminal)."""
         segment = _id_segment(request_id, "request_id")
@@ -956,6 +1696,7 @@ class ConnectHook(HttpHook):
             )
         return self.post(f"/requests/{segment}/fail", json={"reason": reason})
 
+    @_redacting
     def inquire_request(self, request_id: str, template_id: str | None = None) -> dict[str, Any]:
         """``POST /requests/{id}/inquire`` (optionally with an inquire template)."""
         segment = _id_segment(request_id, "request_id")
@@ -964,6 +1705,7 @@ class ConnectHook(HttpHook):
 
     # ------------------------------------------------------------------ lookups
 
+    @_redacting
     def find_assets(
         self, external_id: str | None = None, external_uid: str | None = None, product_id: str | None = None
     ) -> list[dict[str, Any]]:
@@ -976,10 +1718,12 @@ class ConnectHook(HttpHook):
             )
         return list(self.iter_items("/assets", R(**given)))
 
+    @_redacting
     def get_asset(self, asset_id: str) -> dict[str, Any]:
         """``GET /assets/{id}``; ConnectNotFoundError if there is none."""
         return self.get(f"/assets/{_id_segment(asset_id, 'asset_id')}")
 
+    @_redacting
     def find_marketplace(self, name_or_id: str) -> dict[str, Any]:
         """The marketplace with this id (``MP-...``) or exact name; ConnectNotFoundError if none."""
         if not isinstance(name_or_id, str) or not name_or_id.strip():
@@ -1002,13 +1746,15 @@ class ConnectHook(HttpHook):
             )
         return found[0]
 
+    @_redacting
     def find_tier_account(self, external_id: str) -> dict[str, Any] | None:
         """The tier account with this external id, or ``None``."""
         if not isinstance(external_id, str) or not external_id.strip():
             raise ConnectValidationError("external_id", "give the tier account's external id")
         found = list(self.iter_items("/tier/accounts", R(external_id=external_id.strip())))
         if len(found) > 1:
-            self.log.warning(
+            self._emit(
+                "warning",
                 "tier accounts with external_id %r: %s; using %s",
                 external_id,
                 ", ".join(str(a.get("id")) for a in found),
@@ -1016,6 +1762,7 @@ class ConnectHook(HttpHook):
             )
         return found[0] if found else None
 
+    @_redacting
     def find_connection(
         self, product_id: str, hub_id: str, connection_type: str = "production"
     ) -> dict[str, Any]:
@@ -1048,10 +1795,12 @@ class ConnectHook(HttpHook):
 
     # ------------------------------------------------------------------ usage
 
+    @_redacting
     def get_usage_file(self, usage_file_id: str) -> dict[str, Any]:
         """``GET /usage/files/{id}``; ConnectNotFoundError if there is none."""
         return self.get(f"/usage/files/{_id_segment(usage_file_id, 'usage_file_id')}")
 
+    @_redacting
     def iter_usage_record_raw_pages(
         self, usage_file_id: str, page_size: int | None = None
     ) -> Iterator[RawPage]:
@@ -1066,6 +1815,7 @@ class ConnectHook(HttpHook):
             default_page_size=USAGE_RECORDS_PAGE_SIZE,
         )
 
+    @_redacting
     def iter_usage_record_pages(
         self, usage_file_id: str, page_size: int | None = None
     ) -> Iterator[list[dict[str, Any]]]:
@@ -1082,90 +1832,31 @@ class ConnectHook(HttpHook):
 
     # ------------------------------------------------------------------ async (triggers)
 
+    @_redacting
     async def aget_request(self, request_id: str) -> dict[str, Any]:
         """``GET /requests/{id}`` without blocking the event loop (for triggers).
 
-        The connection is read with the async-safe lookup and the key masked with ``amask_secret``.
+        The connection is read with the async-safe lookup and the key masked with ``amask_secret``;
+        the retry policy, the errors and their scrubbing are the synchronous calls'.
         """
-        return await self._aget(f"/requests/{_id_segment(request_id, 'request_id')}")
-
-    async def _aget(self, path: str) -> Any:
-        import aiohttp
-        from airflow.sdk.log import amask_secret
-
-        rel = _normalize_path(path)
-        conn = await self.aget_connection(self.connect_conn_id)
-        authorization, secrets = self._authorization(conn)
-        for secret in secrets:
-            await amask_secret(secret)
-        settings = self._settings_from(conn)
-        url = settings.base_url + rel
-        timeout = aiohttp.ClientTimeout(
-            total=None, connect=settings.connect_timeout, sock_read=settings.timeout
-        )
-        headers = {"Authorization": authorization, "Accept": "application/json", "User-Agent": _USER_AGENT}
-        async with aiohttp.ClientSession(timeout=timeout, headers=headers) as session:
-            attempt = 0
-            while True:
-                attempt += 1
-                try:
-                    async with session.get(url, ssl=settings.verify_ssl) as response:
-                        body = await response.read()
-                        status, response_headers = response.status, response.headers
-                except aiohttp.ClientSSLError:
-                    raise ConnectTransportError(
-                        f"GET {rel}: the TLS handshake with {urlsplit(settings.base_url).hostname} failed; "
-                        "fix the certificate or, for a local sandbox only, set verify_ssl of connection "
-                        f"{self.connect_conn_id!r} to false",
-                        method="GET",
-                        path=rel,
-                    ) from None
-                except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-                    await asyncio.sleep(self._atransport_failure(exc, rel, attempt, settings))
-                    continue
-                self.log.debug("GET %s -> %s (%d bytes, async)", rel, status, len(body))
-                delay = self._next_step(
-                    method="GET",
-                    path=rel,
-                    status=status,
-                    headers=response_headers,
-                    body=body,
-                    attempt=attempt,
-                    settings=settings,
-                )
-                if delay is None:
-                    return _json_or_none(body, "GET", rel)
-                await asyncio.sleep(delay)
-
-    def _atransport_failure(self, exc: BaseException, rel: str, attempt: int, settings: _Settings) -> float:
-        attempts = settings.max_retries + 1
-        cause = "no answer in time" if isinstance(exc, asyncio.TimeoutError) else type(exc).__name__
-        if attempt >= attempts:
-            raise ConnectTransportError(
-                f"GET {rel}: could not reach Connect at {settings.base_url} after {attempts} attempt(s) "
-                f"(last: {cause}); check the host of connection {self.connect_conn_id!r} and the network",
-                method="GET",
-                path=rel,
-            ) from None
-        delay = _backoff_delay(attempt, settings.max_wait)
-        self.log.warning(
-            "GET %s failed (%s; attempt %d of %d): retrying in %.2f s", rel, cause, attempt, attempts, delay
-        )
-        return delay
+        path = f"/requests/{_id_segment(request_id, 'request_id')}"
+        answer = await self._acall("GET", path)
+        return self._json_or_none(answer.body, "GET", path)
 
     # ------------------------------------------------------------------ connection test
 
     def test_connection(self) -> tuple[bool, str]:
         """One cheap authenticated call (``GET /marketplaces?limit=0``); says what is wrong if it fails.
 
-        A single attempt, no retries: the button in the UI answers at once.
+        A single attempt, no retries: the button in the UI answers at once. The message never holds
+        the key (every error of the hook is scrubbed, and so is any other text shown here).
         """
         try:
             visible = self.count("/marketplaces", retries=0)
         except ConnectError as exc:
-            return False, str(exc)
+            return False, self.redact(str(exc))
         except Exception as exc:  # the UI shows the message; never let a test raise
-            return False, self._redact(f"{type(exc).__name__}: {exc}")
+            return False, self.redact(f"{type(exc).__name__}: {exc}")
         return (
             True,
             f"Connected to {self.settings.base_url}: the API key was accepted "

@@ -12,7 +12,9 @@ the synchronous connection lookup inside the triggerer's event loop. It fires ex
   ``inquiring`` when told to fail on it); ``reason`` is Connect's reason;
 * ``timeout``: ``end_time`` (a UNIX timestamp, so a triggerer restart does not extend the wait)
   passed first;
-* ``error``: Connect could not be asked (after the hook's own retries); ``message`` says why.
+* ``error``: Connect could not be asked (after the hook's own retries); ``message`` says why,
+  never with the API key (even when the server echoed it: the hook scrubs its errors against the
+  connection's key, on this async path as on the sync one).
 """
 
 from __future__ import annotations
@@ -93,7 +95,10 @@ class ConnectRequestTrigger(BaseTrigger):
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # any failure to read ends the wait with a clear event
-                yield self._event("error", None, None, f"Could not read request {self.request_id}: {exc}")
+                # The hook's errors are scrubbed of the key already; the event is stored in the
+                # metadata DB and shown in the task's log, so its text is scrubbed once more.
+                message = hook.redact(f"Could not read request {self.request_id}: {exc}")
+                yield self._event("error", None, None, message)
                 return
             status = request.get("status")
             if status in self.target_statuses:
