@@ -36,6 +36,7 @@ from connect_provider.enums import RequestStatus
 from connect_provider.exceptions import (
     ConnectAPIError,
     ConnectAuthError,
+    ConnectConflictError,
     ConnectError,
     ConnectNotFoundError,
     ConnectRateLimitError,
@@ -170,6 +171,10 @@ def _rejection_reason(exc: Exception) -> str | None:
         return None
     if isinstance(exc, ConnectNotFoundError):
         return str(exc)
+    if isinstance(exc, ConnectConflictError) and exc.params.get("request_status") in actions.OPEN_STATUSES:
+        # A 409 naming an open request (of another type: the action returns its own as reused):
+        # the row waits until Connect has decided that one, then goes.
+        return None
     if isinstance(exc, ConnectAPIError):
         # The hook's message already carries Connect's error_code and errors.
         if exc.status is not None and 400 <= exc.status < 500 and exc.status not in (408, 429):
@@ -516,12 +521,10 @@ def form_arguments(form: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
         if given("item_id") or given("quantity"):
             arguments["item_id"] = form.get("item_id")
             arguments["quantity"] = form.get("quantity")
-        tier1 = _tier_from_form(form, "tier1")
-        if tier1 is not None:
-            arguments["tier1"] = tier1
-        customer = _tier_from_form(form, "customer")
-        if customer is not None:
-            arguments["customer"] = customer
+        for level in ("tier1", "tier2", "customer"):
+            account = _tier_from_form(form, level)
+            if account is not None:
+                arguments[level] = account
         return action, arguments
     if given("asset_id"):
         arguments["asset_id"] = form["asset_id"]
@@ -538,7 +541,7 @@ def form_arguments(form: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
 def form_field(field: str) -> str:
     """The trigger-form field an argument path comes from (``tier1.contact_info.city`` -> ``tier1_city``)."""
     head, _, rest = field.partition(".")
-    if head in ("tier1", "customer"):
+    if head in ("tier1", "tier2", "customer"):
         leaf = rest.split(".")[-1] if rest else "name"
         leaf = "phone" if rest.startswith("contact_info.contact.phone_number") else leaf
         return f"{head}_{leaf}" if leaf in FORM_TIER_FIELDS else head

@@ -552,9 +552,7 @@ class ConnectHook(HttpHook):
             "errors": [self._redact(e) for e in errors],
             "method": method,
             "path": path,
-            "params": {
-                str(k): self._redact(v) if isinstance(v, str) else v for k, v in params.items()
-            },
+            "params": {str(k): self._redact(v) if isinstance(v, str) else v for k, v in params.items()},
         }
         if status == 401:
             return ConnectAuthError(
@@ -975,11 +973,14 @@ class ConnectHook(HttpHook):
             )
         return found[0]
 
-    def find_tier_account(self, external_id: str) -> dict[str, Any] | None:
-        """The tier account with this external id, or ``None``."""
+    def find_tier_account(self, external_id: str, hub_id: str | None = None) -> dict[str, Any] | None:
+        """The tier account with this external id (on hub ``hub_id``, when given), or ``None``."""
         if not isinstance(external_id, str) or not external_id.strip():
             raise ConnectValidationError("external_id", "give the tier account's external id")
-        found = list(self.iter_items("/tier/accounts", R(external_id=external_id.strip())))
+        query = R(external_id=external_id.strip())
+        if hub_id is not None:
+            query = query & R(hub__id=hub_id)
+        found = list(self.iter_items("/tier/accounts", query))
         if len(found) > 1:
             self.log.warning(
                 "tier accounts with external_id %r: %s; using %s",
