@@ -33,6 +33,9 @@ PROVIDER = {"id": "PA-000-000", "name": "Demo Provider", "icon": "/media/PA-000-
 VENDOR = {"id": "VA-000-000", "name": "Demo Vendor", "icon": "/media/VA-000-000/icon.png"}
 CONTRACT = {"id": "CRD-00000-00000-00001", "type": "distribution", "name": "Demo Distribution Contract"}
 SYSTEM_USER = {"id": "SU-000-000-000", "name": "Sandbox Automation", "icon": "/media/SU-000-000-000/icon.png"}
+#: Who made or changed an account, as tier accounts name it: ``{id, name}`` (cloudblue/connect-reports
+#: @ b408690c8d3d168372c271e81f79d9bdf82d2401 : tests/fixtures/ta_account.json).
+ACTOR = {"id": SYSTEM_USER["id"], "name": SYSTEM_USER["name"]}
 SEED_EPOCH = datetime(2026, 9, 1, 10, 0, 0, tzinfo=timezone.utc)
 
 _UUID_NS = uuid.UUID("6f1c1f5e-3c0e-4d5a-9a55-0c0ecb1e5a11")
@@ -227,7 +230,9 @@ def _param(pid: str, name: str, description: str, ptype: str, phase: str) -> dic
         "type": ptype,
         "scope": "asset",
         "phase": phase,
-        "constraints": {"required": False, "hidden": False, "unique": False},
+        # The keys real parameters' constraints carry (connect-reports ff_request.json,
+        # adobe_reports active_assets.json); ``meta`` is added when rendered.
+        "constraints": {"required": False, "hidden": False, "readonly": False, "reconciliation": False},
     }
 
 
@@ -310,8 +315,8 @@ def tier_accounts() -> dict:
         "hub": {"id": "HB-0000-0001", "name": "EU Hub"},
         "tax_id": "ESB00000001",
         "events": {
-            "created": {"at": seed_time(20), "by": dict(SYSTEM_USER)},
-            "updated": {"at": seed_time(20), "by": dict(SYSTEM_USER)},
+            "created": {"at": seed_time(20), "by": dict(ACTOR)},
+            "updated": {"at": seed_time(20), "by": dict(ACTOR)},
         },
         "environment": "production",
         "contact_info": contact_info("Rita", "Reseller", "rita@reseller.example", "Madrid", "ES"),
@@ -330,8 +335,8 @@ def tier_accounts() -> dict:
         "hub": {"id": "HB-0000-0001", "name": "EU Hub"},
         "tax_id": "ESB00000002",
         "events": {
-            "created": {"at": seed_time(21), "by": dict(SYSTEM_USER)},
-            "updated": {"at": seed_time(21), "by": dict(SYSTEM_USER)},
+            "created": {"at": seed_time(21), "by": dict(ACTOR)},
+            "updated": {"at": seed_time(21), "by": dict(ACTOR)},
         },
         "environment": "production",
         "contact_info": contact_info("Carl", "Customer", "carl@customer.example", "Berlin", "DE"),

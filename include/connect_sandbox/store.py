@@ -380,7 +380,7 @@ class Store:
                 "phase": definition["phase"],
                 "value": held.get("value", ""),
                 "value_error": held.get("value_error", ""),
-                "constraints": dict(definition["constraints"]),
+                "constraints": {**definition["constraints"], "meta": {}},
             }
             if "structured_value" in held:  # an unset object parameter has none (microsoft_reports)
                 param["structured_value"] = dict(held["structured_value"])
@@ -684,8 +684,8 @@ class Store:
         external_uid = asset_in.get("external_uid")
         if external_uid is not None and (not isinstance(external_uid, str) or len(external_uid) > 100):
             raise bad("asset.external_uid: must be a string of at most 100 characters.")
-        marketplace = self._required_marketplace(payload)
         connection = self._required_connection(asset_in)
+        marketplace = self._required_marketplace(payload)
         product = self.products[connection["product_id"]]
         product_in = asset_in.get("product")
         if product_in is not None:
@@ -835,11 +835,11 @@ class Store:
             "hub": {"id": hub["id"], "name": hub["name"]},
             "tax_id": str(t.get("tax_id") or ""),
             "events": {
-                "created": {"at": ts, "by": dict(seed.SYSTEM_USER)},
-                "updated": {"at": ts, "by": dict(seed.SYSTEM_USER)},
+                "created": {"at": ts, "by": dict(seed.ACTOR)},
+                "updated": {"at": ts, "by": dict(seed.ACTOR)},
             },
             "environment": "production",
-            "contact_info": contact,
+            "contact_info": _stored_contact_info(contact),
         }
         return tid
 
@@ -1324,6 +1324,19 @@ def _quantity(value: Any, field: str) -> int:
     if n > MAX_QUANTITY:
         raise bad(f"{field}: Ensure this value is less than or equal to {MAX_QUANTITY}.")
     return n
+
+
+def _stored_contact_info(contact: dict) -> dict:
+    """Contact info as Connect keeps it: every address field present (``""`` when not given).
+
+    Tier accounts always carry ``address_line2`` and ``state`` (cloudblue/connect-reports
+    tests/fixtures/ta_account.json, ta_list.json).
+    """
+    out = {"address_line2": "", "state": "", **contact}
+    person = out.get("contact")
+    if isinstance(person, dict) and isinstance(person.get("phone_number"), dict):
+        out["contact"] = {**person, "phone_number": {"extension": "", **person["phone_number"]}}
+    return out
 
 
 def _quantity_text(n: int) -> str:

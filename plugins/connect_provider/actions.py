@@ -952,13 +952,19 @@ def cancel(
 
 
 def _vendor_decision(
-    hook: ConnectHook, decision: str, request_id: str, act: Callable[[Mapping[str, Any]], dict[str, Any]]
+    hook: ConnectHook,
+    decision: str,
+    request_id: str,
+    act: Callable[[Mapping[str, Any]], dict[str, Any]],
+    when_already: Callable[[Mapping[str, Any]], None] | None = None,
 ) -> ActionResult:
     request = hook.get_request(request_id)
     status = request.get("status")
     if status == VENDOR_RESULT_STATUS[decision]:
         # A retry after a lost answer: the decision is already there, do not ask Connect twice.
         log.info("Request %s is already %s; nothing to %s.", request_id, status, decision)
+        if when_already is not None:
+            when_already(request)
         return ActionResult.from_request(request, reused=True)
     allowed = VENDOR_ALLOWED_FROM[decision]
     if status not in allowed:
@@ -1006,17 +1012,22 @@ def inquire(
     tid = v.template_id("template_id", template_id) if template_id not in (None, "") else None
     errors = v.param_errors("param_errors", param_errors)
 
+    def write_errors(request: Mapping[str, Any]) -> None:
+        if not errors:
+            return
+        known = [str(p.get("id")) for p in (request.get("asset") or {}).get("params") or ()]
+        for entry in errors:
+            if entry["id"] not in known:
+                raise ConnectValidationError(
+                    f"param_errors.{entry['id']}",
+                    f"request {rid} has no parameter {entry['id']!r}; its parameters are "
+                    f"{', '.join(known) or '(none)'}",
+                )
+        hook.put(f"/requests/{rid}", json={"asset": {"params": errors}})
+
     def act(request: Mapping[str, Any]) -> dict[str, Any]:
-        if errors:
-            known = [str(p.get("id")) for p in (request.get("asset") or {}).get("params") or ()]
-            for entry in errors:
-                if entry["id"] not in known:
-                    raise ConnectValidationError(
-                        f"param_errors.{entry['id']}",
-                        f"request {rid} has no parameter {entry['id']!r}; its parameters are "
-                        f"{', '.join(known) or '(none)'}",
-                    )
-            hook.put(f"/requests/{rid}", json={"asset": {"params": errors}})
+        write_errors(request)
         return hook.inquire_request(rid, tid)
 
-    return _vendor_decision(hook, "inquire", rid, act)
+    # Already inquiring (a retry, or the vendor's own inquiry): the errors are written all the same.
+    return _vendor_decision(hook, "inquire", rid, act, when_already=write_errors)

@@ -163,7 +163,12 @@ class _ConnectAssetRequestOperator(_ConnectOperator):
         )
         if not self.wait_for_completion:
             return result.to_dict()
-        done = outcome(result, result.status, None, fail_on_inquiring=self.fail_on_inquiring)
+        reason = None
+        if result.status in FAILURE_STATUSES:
+            # Created (or found) already failed, e.g. a suspend of a product without administrative
+            # hold: the task fails with Connect's reason, which the result does not carry.
+            reason = self.hook.get_request(result.request_id).get("reason")
+        done = outcome(result, result.status, reason, fail_on_inquiring=self.fail_on_inquiring)
         if done is not None:
             return done
         if self.deferrable:
