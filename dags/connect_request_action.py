@@ -8,7 +8,8 @@ asset, so triggering twice never makes two), and logs and returns the request id
 Which fields each action uses:
 
 * purchase: asset_external_id, hub_id, marketplace, item_id, quantity, the tier 1 and customer
-  fields (optionally asset_external_uid, product_id);
+  fields (optionally asset_external_uid, product_id, and the tier 2 fields when a second-level
+  reseller sells it);
 * change: the asset (asset_id, or asset_external_id/asset_external_uid), item_id, quantity;
 * suspend, resume, cancel: the asset only.
 
@@ -28,6 +29,7 @@ from connect_provider.config import DEFAULT_CONN_ID
 ASSET = "Asset"
 ORDER = "Purchase and change"
 TIER1 = "Tier 1 (reseller) - purchase"
+TIER2 = "Tier 2 (second-level reseller) - purchase, optional"
 CUSTOMER = "Customer (end customer) - purchase"
 
 
@@ -110,6 +112,18 @@ def _text(default: str | None, title: str, description: str, section: str, **sch
         "tier1_city": _text("Springfield", "City", "City.", TIER1),
         "tier1_postal_code": _text("10001", "Postal code", "Postal code.", TIER1),
         "tier1_country": _text("US", "Country", "Two-letter ISO country code (US, DE...).", TIER1),
+        "tier2_name": _text(
+            None, "Name", "Tier 2 company name; leave all tier 2 fields empty if none.", TIER2
+        ),
+        "tier2_external_id": _text(None, "External id", "Tier 2 id in your system.", TIER2),
+        "tier2_email": _text(None, "E-mail", "Contact e-mail.", TIER2),
+        "tier2_first_name": _text(None, "First name", "Contact first name.", TIER2),
+        "tier2_last_name": _text(None, "Last name", "Contact last name.", TIER2),
+        "tier2_phone": _text(None, "Phone", "Contact phone, e.g. +1 2015550123.", TIER2),
+        "tier2_address_line1": _text(None, "Address", "Street and number.", TIER2),
+        "tier2_city": _text(None, "City", "City.", TIER2),
+        "tier2_postal_code": _text(None, "Postal code", "Postal code.", TIER2),
+        "tier2_country": _text(None, "Country", "Two-letter ISO country code (US, DE...).", TIER2),
         "customer_name": _text("Demo Customer", "Name", "End customer company name.", CUSTOMER),
         "customer_external_id": _text(
             "customer-1", "External id", "End customer id in your system.", CUSTOMER

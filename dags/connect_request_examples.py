@@ -8,9 +8,10 @@ ids below are the sandbox demo seed's; against a real Connect account, put yours
   approval (in the triggerer), raise its seats, suspend it, resume it, cancel it and wait for the
   cancellation with a sensor. Each step names the subscription by the same external id, so a
   retried task finds the request it already made instead of creating another.
-* Vendor side: approve one purchase; question another (``inquire-`` external ids are moved to
-  inquiring by the sandbox's vendor as well, which the operator treats as already done), then
-  refuse it.
+* Vendor side: approve one purchase; question another, saying which parameter to fix
+  (``param_errors``, written to the parameter's ``value_error``; ``inquire-`` external ids are
+  moved to inquiring by the sandbox's vendor as well, which the operator treats as already done,
+  still writing the errors), then refuse it.
 
 Nothing here runs at import time: the file only wires operators (no network, no database).
 """
@@ -146,7 +147,10 @@ with DAG(
         quantity=1,
     )
     inquire = ConnectInquireRequestOperator(
-        task_id="inquire", request_id=_request_of("purchase_to_question"), template_id=INQUIRE_TEMPLATE
+        task_id="inquire",
+        request_id=_request_of("purchase_to_question"),
+        template_id=INQUIRE_TEMPLATE,
+        param_errors={"admin_email": "Give the e-mail address of the customer's administrator."},
     )
     refuse = ConnectFailRequestOperator(
         task_id="fail",

@@ -191,6 +191,10 @@ def create_app(store: Store, faults: Faults | None = None, max_limit: int = 1000
     def get_request(request_id: str) -> Response:
         return json_response(store.get("requests", request_id))
 
+    @api.put(API_PREFIX + "/requests/{request_id}")
+    async def update_request(request_id: str, request: Request) -> Response:
+        return json_response(store.update(request_id, await body_of(request)))
+
     @api.post(API_PREFIX + "/requests/{request_id}/approve")
     async def approve_request(request_id: str, request: Request) -> Response:
         return json_response(store.approve(request_id, await body_of(request)))
@@ -207,6 +211,14 @@ def create_app(store: Store, faults: Faults | None = None, max_limit: int = 1000
     async def pend_request(request_id: str, request: Request) -> Response:
         await request.body()
         return json_response(store.pend(request_id))
+
+    @api.post(API_PREFIX + "/requests/{request_id}/schedule")
+    async def schedule_request(request_id: str, request: Request) -> Response:
+        return json_response(store.schedule(request_id, await body_of(request)))
+
+    @api.post(API_PREFIX + "/requests/{request_id}/revoke")
+    async def revoke_request(request_id: str, request: Request) -> Response:
+        return json_response(store.revoke(request_id, await body_of(request)))
 
     # ---------------------------------------------------------------------------- assets etc.
     def _with_pending(chunk: list[dict], q: rql.Query) -> list[dict]:

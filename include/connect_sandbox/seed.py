@@ -1,9 +1,24 @@
 """The deterministic demo data set (ids are part of the team contract; tests rely on them).
 
-``demo``: the catalogue (products, items, templates, hubs, marketplaces, connections), two tier
-accounts, six assets in several states with their purchase requests, and four usage files.
-``empty``: the catalogue only, so purchases can still be placed, with no accounts, assets,
-requests or usage files.
+``demo``: the catalogue (products, items, templates, parameters, hubs, marketplaces, listings,
+connections), two tier accounts, six assets in several states with their purchase requests, and
+four usage files. ``empty``: the catalogue only, so purchases can still be placed, with no
+accounts, assets, requests or usage files.
+
+What the catalogue says about Connect's rules (the store enforces them):
+
+* **Listings** (``LISTINGS``): a product can be bought only on a marketplace it is listed on
+  (Connect: "There is no Listing for specified Product and Marketplace.", which
+  connect-extension-for-cb-commerce handles in ``cbcext/services/fulfillment/base.py``). Cloud
+  Seats is listed on both marketplaces, Backup Vault only on the EU one.
+* **Administrative hold**: Cloud Seats can be suspended and resumed; **Backup Vault cannot**
+  (``capabilities.subscription.hold`` false, the spec's ``dp.VCSubscriptionSerializer.hold``), so
+  Connect creates its suspend and resume requests already ``failed`` with the reason "The
+  product doesn't support suspend/resume operations." (cloudblue/connect-extension-for-cb-commerce
+  @ 584bcd9a351d1a9601c5d0ebb8bd1fb2dff0f503 : ``cbcext/services/fulfillment/simple.py`` and
+  ``simple_tracker.py``).
+* **Parameters** (``params`` of a product): the only parameter ids a request may carry or a
+  ``PUT /requests/{id}`` may touch; ``object`` parameters hold a ``structured_value``.
 """
 
 from __future__ import annotations
@@ -18,6 +33,9 @@ PROVIDER = {"id": "PA-000-000", "name": "Demo Provider", "icon": "/media/PA-000-
 VENDOR = {"id": "VA-000-000", "name": "Demo Vendor", "icon": "/media/VA-000-000/icon.png"}
 CONTRACT = {"id": "CRD-00000-00000-00001", "type": "distribution", "name": "Demo Distribution Contract"}
 SYSTEM_USER = {"id": "SU-000-000-000", "name": "Sandbox Automation", "icon": "/media/SU-000-000-000/icon.png"}
+#: Who made or changed an account, as tier accounts name it: ``{id, name}`` (cloudblue/connect-reports
+#: @ b408690c8d3d168372c271e81f79d9bdf82d2401 : tests/fixtures/ta_account.json).
+ACTOR = {"id": SYSTEM_USER["id"], "name": SYSTEM_USER["name"]}
 SEED_EPOCH = datetime(2026, 9, 1, 10, 0, 0, tzinfo=timezone.utc)
 
 _UUID_NS = uuid.UUID("6f1c1f5e-3c0e-4d5a-9a55-0c0ecb1e5a11")
@@ -85,6 +103,13 @@ def catalogue() -> dict:
                 _item(DEMO_PRODUCT, 1, "SEATS", "SEATS", "Seats", "seat", "Reservation", "integer"),
                 _item(DEMO_PRODUCT, 2, "STORAGE_GB", "STORAGE-GB", "Storage (GB)", "GB", "PPU", "decimal(2)"),
             ],
+            "capabilities": {"subscription": {"hold": True}},
+            "params": [
+                _param("seats_note", "Seats note", "A note kept with the subscription", "text", "ordering"),
+                _param("admin_email", "Administrator e-mail", "Who manages the seats", "email", "ordering"),
+                _param("billing_address", "Billing address", "Where invoices are sent", "object", "ordering"),
+                _param("tenant_id", "Tenant id", "The tenant the vendor created", "text", "fulfillment"),
+            ],
             "templates": [
                 _template(
                     DEMO_PRODUCT,
@@ -121,6 +146,9 @@ def catalogue() -> dict:
                     "decimal(6)",
                 ),
             ],
+            # No administrative hold: suspend and resume requests are created failed (see above).
+            "capabilities": {"subscription": {"hold": False}},
+            "params": [_param("vault_region", "Vault region", "Where the vault lives", "text", "ordering")],
             "templates": [
                 _template(VAULT_PRODUCT, 1, "Vault ready", "asset", "fulfillment", "# Your vault is ready"),
             ],
@@ -175,7 +203,37 @@ def catalogue() -> dict:
         hub["stats"]["marketplaces"] = sum(
             1 for m in marketplaces.values() if any(h["hub"]["id"] == hub["id"] for h in m["hubs"])
         )
-    return {"products": products, "hubs": hubs, "marketplaces": marketplaces, "connections": connections}
+    return {
+        "products": products,
+        "hubs": hubs,
+        "marketplaces": marketplaces,
+        "connections": connections,
+        "listings": set(LISTINGS),
+    }
+
+
+#: (product, marketplace) pairs a purchase may combine (Connect's listings).
+LISTINGS = (
+    (DEMO_PRODUCT, "MP-00001"),
+    (DEMO_PRODUCT, "MP-00002"),
+    (VAULT_PRODUCT, "MP-00001"),
+)
+
+
+def _param(pid: str, name: str, description: str, ptype: str, phase: str) -> dict:
+    """A product parameter definition (the keys a request's ``asset.params[]`` entries carry)."""
+    return {
+        "id": pid,
+        "name": name,
+        "title": name,
+        "description": description,
+        "type": ptype,
+        "scope": "asset",
+        "phase": phase,
+        # The keys real parameters' constraints carry (connect-reports ff_request.json,
+        # adobe_reports active_assets.json); ``meta`` is added when rendered.
+        "constraints": {"required": False, "hidden": False, "readonly": False, "reconciliation": False},
+    }
 
 
 def _template(product_id: str, n: int, name: str, scope: str, ttype: str, body: str) -> dict:
@@ -257,8 +315,8 @@ def tier_accounts() -> dict:
         "hub": {"id": "HB-0000-0001", "name": "EU Hub"},
         "tax_id": "ESB00000001",
         "events": {
-            "created": {"at": seed_time(20), "by": dict(SYSTEM_USER)},
-            "updated": {"at": seed_time(20), "by": dict(SYSTEM_USER)},
+            "created": {"at": seed_time(20), "by": dict(ACTOR)},
+            "updated": {"at": seed_time(20), "by": dict(ACTOR)},
         },
         "environment": "production",
         "contact_info": contact_info("Rita", "Reseller", "rita@reseller.example", "Madrid", "ES"),
@@ -277,8 +335,8 @@ def tier_accounts() -> dict:
         "hub": {"id": "HB-0000-0001", "name": "EU Hub"},
         "tax_id": "ESB00000002",
         "events": {
-            "created": {"at": seed_time(21), "by": dict(SYSTEM_USER)},
-            "updated": {"at": seed_time(21), "by": dict(SYSTEM_USER)},
+            "created": {"at": seed_time(21), "by": dict(ACTOR)},
+            "updated": {"at": seed_time(21), "by": dict(ACTOR)},
         },
         "environment": "production",
         "contact_info": contact_info("Carl", "Customer", "carl@customer.example", "Berlin", "DE"),
@@ -316,16 +374,8 @@ def demo_assets() -> list[dict]:
                 "connection_id": "CT-0000-0000-0001",
                 "marketplace_id": "MP-00001",
                 "items": {f"{DEMO_PRODUCT}-0001": seats},
-                "params": [
-                    {
-                        "id": "seats_note",
-                        "title": "Seats note",
-                        "value": f"seeded {ext_id}",
-                        "type": "text",
-                        "scope": "asset",
-                        "phase": "ordering",
-                    }
-                ],
+                # Values by parameter id (the product's definitions give the rest of each parameter).
+                "params": {"seats_note": {"value": f"seeded {ext_id}"}},
                 "tiers": {"customer": "TA-0000-0000-0002", "tier1": "TA-0000-0000-0001"},
                 "created": seed_time(30 + n),
                 "updated": seed_time(30 + n + (0 if req_status == "pending" else 5)),

@@ -16,18 +16,29 @@ Every action runs in three steps:
 
    * an *open* request (draft, tiers_setup, pending, inquiring, scheduled) of the same type for the
      same asset is returned instead of a new one (``reused=True``);
-   * an asset already in the state the action asks for (suspended for ``suspend``, the quantities
-     already set for ``change``...) returns the latest approved request of that type, because the
-     request that got it there is, most likely, the one a previous attempt created;
+   * an asset already in the state the action asks for (suspended for ``suspend``, active for
+     ``resume``, the quantities already set for ``change``...) makes no create call: the result is
+     the latest approved request of that type, or else the asset's latest approved request of any
+     type (the request its state comes from), with ``reused=True``. Connect refuses such a create
+     anyway (409 for suspend/resume/cancel, 400 "asset.items: Item quantities are not changed."
+     for a change);
    * a purchase whose asset external id already exists for the product returns that asset's
      purchase request, whatever its status;
-   * the purchase's ``asset_external_uid`` defaults to a UUID derived from the external id (a fixed
-     UUID5 namespace), so a retry never mints a new identity;
+   * the purchase's ``asset_external_uid`` defaults to a UUID derived from the product and the
+     external id (a fixed UUID5 namespace), so a retry never mints a new identity and one external
+     id bought for two products is two assets;
+   * when Connect answers a create with 409 naming an existing request (a duplicate purchase, an
+     open request, a state the asset is already in), that request is the result (``reused=True``)
+     when it is of the action's type, or when the asset already is where the action would take
+     it; otherwise (an open request of another type, a change of a suspended asset) the
+     :class:`~connect_provider.exceptions.ConnectConflictError` says which request is in the way,
+     with Connect's ``params``;
    * when the create's outcome is unknown (:class:`ConnectAmbiguousWriteError`), Connect is asked a
-     few times whether the request exists before the create is tried once more.
+     few times whether the request exists before the create is tried once more (and a 409 on that
+     second try names the first one).
 
-Set ``reuse_existing_request=False`` to skip the look-ups of step 3 and always create (the
-ambiguous-write recovery stays on: it never creates a duplicate of its own write).
+Set ``reuse_existing_request=False`` to skip the look-ups of step 3 and always send the create
+(Connect's own 409 answers are still honoured: a duplicate is never made).
 """
 
 from __future__ import annotations
@@ -45,6 +56,8 @@ from connect_provider import validation as v
 from connect_provider.enums import AssetStatus, RequestStatus, RequestType
 from connect_provider.exceptions import (
     ConnectAmbiguousWriteError,
+    ConnectAPIError,
+    ConnectConflictError,
     ConnectError,
     ConnectNotFoundError,
     ConnectValidationError,
@@ -66,6 +79,20 @@ TIER_UID_NAMESPACE = uuid.UUID("3b8e6f0d-27c4-5b9a-9f43-52a1d0e6c9b2")
 AMBIGUOUS_LOOKUP_DELAYS: tuple[float, ...] = (0.0, 0.3, 1.0)
 
 OPEN_STATUSES = tuple(sorted(s.value for s in RequestStatus.open_statuses()))
+
+#: Connect's answer to a change that changes nothing (connect-extension-for-cb-commerce :
+#: cbcext/services/fulfillment/base.py _handle_400_errors treats it as done; so do the actions).
+ITEMS_UNCHANGED = "asset.items: Item quantities are not changed."
+
+#: Asset statuses in which a request type changes nothing: Connect answers them with 409, and
+#: connect-extension-for-cb-commerce treats them as done
+#: (cbcext/services/client/apsconnectclient/base.py ASSET_STATUS_IGNORE_REQUEST_TYPES).
+ALREADY_THERE: dict[str, tuple[str, ...]] = {
+    AssetStatus.ACTIVE.value: (RequestType.RESUME.value,),
+    AssetStatus.TERMINATING.value: (RequestType.CANCEL.value, RequestType.SUSPEND.value),
+    AssetStatus.TERMINATED.value: (RequestType.CANCEL.value, RequestType.SUSPEND.value),
+    AssetStatus.SUSPENDED.value: (RequestType.SUSPEND.value,),
+}
 
 VENDOR_ALLOWED_FROM: dict[str, tuple[str, ...]] = {
     "approve": (RequestStatus.PENDING.value,),
@@ -147,9 +174,15 @@ class ActionResult:
         )
 
 
-def default_asset_external_uid(asset_external_id: str) -> str:
-    """The asset external uid used when none is given: stable for one external id, across retries."""
-    return str(uuid.uuid5(ASSET_UID_NAMESPACE, asset_external_id))
+def default_asset_external_uid(asset_external_id: str, product_id: str) -> str:
+    """The asset external uid used when none is given: stable across retries, one per product.
+
+    A subscription's identity is per product (the Zapier app buys one external id once per product
+    of an order: connect-fulfillment-zapier-app : lib/connect/api/assetRequests/create.js), and
+    Connect refuses a second asset with an external_uid already taken: deriving the uid from the
+    external id alone would make the second product's purchase collide with the first one's.
+    """
+    return str(uuid.uuid5(ASSET_UID_NAMESPACE, f"{product_id}/{asset_external_id}"))
 
 
 def default_tier_external_uid(tier_external_id: str) -> str:
@@ -169,9 +202,10 @@ class _PurchaseSpec:
     marketplace: str
     tier1: dict[str, Any]
     customer: dict[str, Any]
+    tier2: dict[str, Any] | None
     product_id: str
     items: list[dict[str, Any]]
-    params: list[dict[str, str]]
+    params: list[dict[str, Any]]
     connection_type: str
     connection_id: str | None
     reuse: bool
@@ -210,6 +244,7 @@ def _purchase_spec(
     item_id: Any = None,
     quantity: Any = None,
     connection_id: Any = None,
+    tier2: Any = None,
 ) -> _PurchaseSpec:
     ext = v.external_id("asset_external_id", asset_external_id)
     uid = v.optional_text("asset_external_uid", asset_external_uid)
@@ -228,14 +263,17 @@ def _purchase_spec(
             raise ConnectValidationError(
                 field, f"{item['id']} is not an item of product {product}; one purchase buys one product"
             )
+    if uid is not None:
+        v.rql_text("asset_external_uid", uid)
     return _PurchaseSpec(
         asset_external_id=ext,
-        asset_external_uid=uid or default_asset_external_uid(ext),
+        asset_external_uid=uid or default_asset_external_uid(ext, product),
         uid_given=uid is not None,
         hub_id=hub,
         marketplace=mp,
         tier1=v.tier("tier1", tier1),
         customer=_required_customer(customer),
+        tier2=None if tier2 in (None, "", {}) else v.tier("tier2", tier2),
         product_id=product,
         items=normalised,
         params=v.params("params", params),
@@ -286,6 +324,7 @@ _ACTION_ARGUMENTS: dict[str, frozenset[str]] = {
             "item_id",
             "quantity",
             "connection_id",
+            "tier2",
         }
     ),
     "change": frozenset(
@@ -341,7 +380,15 @@ def validate_action(change_type: str, arguments: Mapping[str, Any]) -> None:
     if change_type == "purchase":
         missing = [k for k in ("asset_external_id", "hub_id", "marketplace", "tier1") if k not in args]
         if missing:
-            raise ConnectValidationError(missing[0], "is required for a purchase")
+            what = {
+                "marketplace": "Connect refuses a purchase without its marketplace (an MP-... id or its "
+                "exact name)",
+                "hub_id": "the hub (HB-XXXX-XXXX) selects the product's connection",
+            }
+            raise ConnectValidationError(
+                missing[0],
+                f"is required for a purchase{': ' + what[missing[0]] if missing[0] in what else ''}",
+            )
         _purchase_spec(**args)
         return
     _asset_ref(args.get("asset_id"), args.get("asset_external_id"), args.get("asset_external_uid"))
@@ -403,7 +450,9 @@ def _purchase_for_existing_asset(
         return None
     if len(assets) > 1:
         # Several assets share the external id; the one with our derived uid is ours, if any.
-        ours = [a for a in assets if a.get("external_uid") == default_asset_external_uid(external_id)]
+        ours = [
+            a for a in assets if a.get("external_uid") == default_asset_external_uid(external_id, product_id)
+        ]
         assets = ours or assets
     if len(assets) > 1:
         listing = ", ".join(f"{a.get('id')} (external_uid {a.get('external_uid')})" for a in assets)
@@ -426,12 +475,8 @@ def _already_in_state(
 ) -> bool:
     """Whether the asset already is where a request of ``request_type`` would take it."""
     status = asset.get("status")
-    if request_type == RequestType.SUSPEND.value:
-        return status == AssetStatus.SUSPENDED.value
-    if request_type == RequestType.RESUME.value:
-        return status == AssetStatus.ACTIVE.value
-    if request_type == RequestType.CANCEL.value:
-        return status in (AssetStatus.TERMINATED.value, AssetStatus.TERMINATING.value)
+    if request_type in ALREADY_THERE.get(str(status), ()):
+        return True
     if request_type == RequestType.CHANGE.value and items:
         current = _current_quantities(asset)
         return all(current.get(item["id"], 0) == item["quantity"] for item in items)
@@ -439,11 +484,8 @@ def _already_in_state(
 
 
 def _as_int(value: Any) -> int | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return int(number) if number.is_integer() else None
+    """A quantity as Connect sends it (``25.0``, ``"1"``, ``"unlimited"``...) as a whole number."""
+    return v.parse_quantity(value)
 
 
 def _item_keys(item: Mapping[str, Any]) -> tuple[str | None, list[str]]:
@@ -505,16 +547,25 @@ def _create_once(
     payload: dict[str, Any],
     find_own: Callable[[], dict[str, Any] | None],
     what: str,
-) -> dict[str, Any]:
+    settle: Callable[[ConnectAPIError], dict[str, Any] | None],
+) -> tuple[dict[str, Any], bool]:
     """Create a request; after an ambiguous write, find it before ever sending it again.
 
-    ``find_own`` returns the request this create may have made (or ``None``). The create is sent at
+    Returns ``(request, reused)``. ``find_own`` returns the request this create may have made (or
+    ``None``). ``settle`` turns Connect's refusal into the existing request it names (a 409 naming
+    one, a change that changes nothing) or ``None`` to let the error through. The create is sent at
     most twice; if the second outcome is unknown too, the error propagates (a task retry will run
     the whole action again, which finds the request if it exists).
     """
     for attempt in (1, 2):
         try:
-            return hook.create_request(payload)
+            return hook.create_request(payload), False
+        except ConnectAPIError as exc:
+            existing = settle(exc)
+            if existing is None:
+                raise
+            log.info("Creating %s: Connect names the existing request %s.", what, existing.get("id"))
+            return existing, True
         except ConnectAmbiguousWriteError as exc:
             log.warning("Creating %s: outcome unknown (%s); looking for it before retrying.", what, exc)
             for delay in AMBIGUOUS_LOOKUP_DELAYS:
@@ -523,10 +574,43 @@ def _create_once(
                 found = find_own()
                 if found is not None:
                     log.info("Creating %s: the earlier attempt did create %s.", what, found.get("id"))
-                    return found
+                    return found, False
             if attempt == 2:
                 raise
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _named_request(hook: ConnectHook, exc: ConnectAPIError) -> dict[str, Any] | None:
+    """The request a 409's ``params`` name (``None`` for any other error, or a 409 naming none)."""
+    if not isinstance(exc, ConnectConflictError):
+        return None
+    request_id = exc.params.get("request_id")
+    if not isinstance(request_id, str) or not request_id:
+        return None
+    return hook.get_request(request_id)
+
+
+def _in_the_way(exc: ConnectConflictError, named: Mapping[str, Any], what: str) -> ConnectConflictError:
+    """The 409 re-worded: which request keeps ``what`` from being created, and what to do."""
+    status = named.get("status")
+    open_now = status in OPEN_STATUSES
+    advice = (
+        "Connect keeps one open request per asset: wait until it is decided, then run this again"
+        if open_now
+        else "the asset is not in a state this request can start from"
+    )
+    detail = "; ".join(exc.errors)
+    return ConnectConflictError(
+        f"Connect refused {what}: request {named.get('id')} ({named.get('type')}, {status}) of asset "
+        f"{exc.params.get('asset_id')} ({exc.params.get('asset_status')}) is in the way"
+        f"{f' ({detail})' if detail else ''}; {advice}",
+        status=exc.status,
+        error_code=exc.error_code,
+        errors=exc.errors,
+        method=exc.method,
+        path=exc.path,
+        params=exc.params,
+    )
 
 
 def _asset_request(
@@ -548,26 +632,60 @@ def _asset_request(
             log.info("Reusing open %s request %s of asset %s.", request_type, open_request["id"], asset_id)
             return ActionResult.from_request(open_request, reused=True, asset=asset)
         if _already_in_state(request_type, asset, target_items(asset)):
-            done = _latest(r for r in existing if r.get("status") == RequestStatus.APPROVED.value)
+            done = _latest(
+                r for r in existing if r.get("status") == RequestStatus.APPROVED.value
+            ) or _latest_approved(hook, asset_id)
             if done is not None:
                 log.info(
-                    "Asset %s is already %s; returning the approved %s request %s.",
+                    "Asset %s is already %s; no %s request is needed. Returning approved request %s (%s).",
                     asset_id,
                     asset.get("status"),
                     request_type,
                     done["id"],
+                    done.get("type"),
                 )
                 return ActionResult.from_request(done, reused=True, asset=asset)
     known = {r.get("id") for r in existing}
+    what = f"a {request_type} request for asset {asset_id}"
 
     def find_own() -> dict[str, Any] | None:
         return _latest(
             r for r in _requests_for_asset(hook, asset_id, request_type) if r.get("id") not in known
         )
 
-    request = _create_once(hook, payload, find_own, f"a {request_type} request for asset {asset_id}")
-    log.info("Created %s request %s for asset %s.", request_type, request.get("id"), asset_id)
-    return ActionResult.from_request(request, reused=False, asset=asset)
+    def settle(exc: ConnectAPIError) -> dict[str, Any] | None:
+        if request_type == RequestType.CHANGE.value and exc.status == 400 and ITEMS_UNCHANGED in exc.errors:
+            # The quantities were set meanwhile: the asset's state is the answer, as above (None lets
+            # Connect's refusal through).
+            return _latest_approved(hook, asset_id)
+        named = _named_request(hook, exc)
+        if named is None:
+            return None
+        if (named.get("asset") or {}).get("id") not in (None, asset_id):
+            return None
+        if named.get("type") == request_type:
+            return named
+        if request_type in ALREADY_THERE.get(str(exc.params.get("asset_status")), ()):
+            return named  # nothing to do: the asset already is where this request would take it
+        raise _in_the_way(exc, named, what) from exc  # type: ignore[arg-type]
+
+    request, reused = _create_once(hook, payload, find_own, what, settle)
+    if reused:
+        log.info(
+            "Connect named %s request %s for asset %s.", request.get("type"), request.get("id"), asset_id
+        )
+    else:
+        log.info("Created %s request %s for asset %s.", request_type, request.get("id"), asset_id)
+    return ActionResult.from_request(request, reused=reused, asset=asset)
+
+
+def _latest_approved(hook: ConnectHook, asset_id: str) -> dict[str, Any] | None:
+    """The asset's latest approved request of any type: the one its current state comes from."""
+    return _latest(
+        r
+        for r in hook.list_requests(R(asset__id=asset_id) & R(status=RequestStatus.APPROVED.value))
+        if r.get("status") == RequestStatus.APPROVED.value
+    )
 
 
 # --------------------------------------------------------------------------- the actions
@@ -590,13 +708,22 @@ def purchase(
     item_id: str | None = None,
     quantity: int | str | None = None,
     connection_id: str | None = None,
+    tier2: Mapping[str, Any] | None = None,
 ) -> ActionResult:
     """Create (or find) the purchase request of a new asset.
 
     ``items`` is a list of ``{"item_id", "quantity"}`` (or give one ``item_id`` with ``quantity``);
     the product is the items' product unless ``product_id`` is given; the connection is the one of
     ``connection_type`` between the product and ``hub_id`` (or ``connection_id``, when the product
-    has several such connections); ``marketplace`` is an id or a name.
+    has several such connections); ``marketplace`` (required, as Connect requires
+    ``marketplace.id``) is an id or a name. ``tier2`` is the second-level reseller, when there is
+    one. A tier without ``external_uid`` takes the uid of the account with its external id on the
+    hub (``/tier/accounts`` filtered by ``hub.id``). Parameters with object values go as
+    ``structured_value``.
+
+    Connect refuses a second asset with the same ``external_uid`` (409 naming it): that answer is
+    the existing purchase (``reused=True``), unless the asset is another product's, which is an
+    error naming it.
     """
     spec = _purchase_spec(
         asset_external_id=asset_external_id,
@@ -613,6 +740,7 @@ def purchase(
         item_id=item_id,
         quantity=quantity,
         connection_id=connection_id,
+        tier2=tier2,
     )
     if spec.reuse:
         found = _purchase_for_existing_asset(
@@ -643,7 +771,12 @@ def purchase(
             raise ConnectError(f"{exc} (pass connection_id to choose one)") from None
     else:
         connection_ref = spec.connection_id  # Connect checks it belongs to the product and hub
-    tiers = {"customer": _tier_payload(hook, spec.customer), "tier1": _tier_payload(hook, spec.tier1)}
+    tiers = {
+        "customer": _tier_payload(hook, spec.customer, spec.hub_id),
+        "tier1": _tier_payload(hook, spec.tier1, spec.hub_id),
+    }
+    if spec.tier2 is not None:
+        tiers["tier2"] = _tier_payload(hook, spec.tier2, spec.hub_id)
     asset: dict[str, Any] = {
         "external_id": spec.asset_external_id,
         "external_uid": spec.asset_external_uid,
@@ -667,9 +800,44 @@ def purchase(
                 return _latest(_requests_for_asset(hook, candidate["id"], RequestType.PURCHASE.value))
         return None
 
-    request = _create_once(hook, payload, find_own, f"the purchase of {spec.asset_external_id!r}")
-    log.info("Created purchase request %s for external_id %r.", request.get("id"), spec.asset_external_id)
-    return ActionResult.from_request(request, reused=False, asset={"external_id": spec.asset_external_id})
+    def settle(exc: ConnectAPIError) -> dict[str, Any] | None:
+        named = _named_request(hook, exc)
+        if named is None:
+            return None
+        their = named.get("asset") or {}
+        their_product = (their.get("product") or {}).get("id")
+        if their_product not in (None, spec.product_id):
+            raise ConnectConflictError(
+                f"Connect refused the purchase of {spec.asset_external_id!r}: asset {their.get('id')} of "
+                f"product {their_product} already has external_uid {spec.asset_external_uid!r}; an "
+                f"external uid names one asset, so give this product's purchase another "
+                "asset_external_uid",
+                status=exc.status,
+                error_code=exc.error_code,
+                errors=exc.errors,
+                method=exc.method,
+                path=exc.path,
+                params=exc.params,
+            ) from exc
+        if named.get("type") == RequestType.PURCHASE.value:
+            return named
+        if their.get("id"):
+            return _latest(_requests_for_asset(hook, str(their["id"]), RequestType.PURCHASE.value)) or named
+        return named
+
+    request, reused = _create_once(
+        hook, payload, find_own, f"the purchase of {spec.asset_external_id!r}", settle
+    )
+    if reused:
+        log.info(
+            "Connect names purchase request %s (%s) for external_id %r: returning it.",
+            request.get("id"),
+            request.get("status"),
+            spec.asset_external_id,
+        )
+    else:
+        log.info("Created purchase request %s for external_id %r.", request.get("id"), spec.asset_external_id)
+    return ActionResult.from_request(request, reused=reused, asset={"external_id": spec.asset_external_id})
 
 
 def _check_marketplace_serves_hub(mp: Mapping[str, Any], hub: str) -> None:
@@ -684,11 +852,16 @@ def _check_marketplace_serves_hub(mp: Mapping[str, Any], hub: str) -> None:
         )
 
 
-def _tier_payload(hook: ConnectHook, tier: dict[str, Any]) -> dict[str, Any]:
-    """The tier as sent; a missing ``external_uid`` comes from Connect's account, else a stable UUID5."""
+def _tier_payload(hook: ConnectHook, tier: dict[str, Any], hub_id: str) -> dict[str, Any]:
+    """The tier as sent; a missing ``external_uid`` comes from Connect's account, else a stable UUID5.
+
+    Accounts are looked up within the purchase's hub: an external id is the commerce system's,
+    and one hub's account is not another's (the Zapier app filters ``external_id`` and
+    ``hub.id``: connect-fulfillment-zapier-app : lib/connect/api/helpers/lookups.js).
+    """
     out = dict(tier)
     if not out.get("external_uid"):
-        account = hook.find_tier_account(out["external_id"])
+        account = hook.find_tier_account(out["external_id"], hub_id=hub_id)
         if account and account.get("external_uid"):
             out["external_uid"] = account["external_uid"]
         else:
@@ -779,13 +952,19 @@ def cancel(
 
 
 def _vendor_decision(
-    hook: ConnectHook, decision: str, request_id: str, act: Callable[[], dict[str, Any]]
+    hook: ConnectHook,
+    decision: str,
+    request_id: str,
+    act: Callable[[Mapping[str, Any]], dict[str, Any]],
+    when_already: Callable[[Mapping[str, Any]], None] | None = None,
 ) -> ActionResult:
     request = hook.get_request(request_id)
     status = request.get("status")
     if status == VENDOR_RESULT_STATUS[decision]:
         # A retry after a lost answer: the decision is already there, do not ask Connect twice.
         log.info("Request %s is already %s; nothing to %s.", request_id, status, decision)
+        if when_already is not None:
+            when_already(request)
         return ActionResult.from_request(request, reused=True)
     allowed = VENDOR_ALLOWED_FROM[decision]
     if status not in allowed:
@@ -793,7 +972,7 @@ def _vendor_decision(
             f"Cannot {decision} request {request_id}: it is {status}; {decision} needs a request that is "
             f"{' or '.join(allowed)}."
         )
-    return ActionResult.from_request(act(), reused=False, asset=request.get("asset"))
+    return ActionResult.from_request(act(request), reused=False, asset=request.get("asset"))
 
 
 def approve(
@@ -803,18 +982,52 @@ def approve(
     rid = v.request_id("request_id", request_id)
     tid = v.template_id("template_id", template_id)
     date = v.optional_text("effective_date", effective_date)
-    return _vendor_decision(hook, "approve", rid, lambda: hook.approve_request(rid, tid, date))
+    return _vendor_decision(hook, "approve", rid, lambda _request: hook.approve_request(rid, tid, date))
 
 
 def fail(hook: ConnectHook, *, request_id: str, reason: str) -> ActionResult:
     """Fail a pending or inquiring request with a reason the requester will read (vendor side)."""
     rid = v.request_id("request_id", request_id)
     why = v.require_text("reason", reason, "a non-empty reason")
-    return _vendor_decision(hook, "fail", rid, lambda: hook.fail_request(rid, why))
+    return _vendor_decision(hook, "fail", rid, lambda _request: hook.fail_request(rid, why))
 
 
-def inquire(hook: ConnectHook, *, request_id: str, template_id: str | None = None) -> ActionResult:
-    """Move a pending request to inquiring, asking the requester for more information (vendor side)."""
+def inquire(
+    hook: ConnectHook,
+    *,
+    request_id: str,
+    template_id: str | None = None,
+    param_errors: Mapping[str, str] | None = None,
+) -> ActionResult:
+    """Move a pending request to inquiring, asking the requester for more information (vendor side).
+
+    ``param_errors`` (``{param_id: message}``) says what to fix: as CloudBlue's own clients do, the
+    messages are written to the parameters' ``value_error`` first (``PUT /requests/{id}`` with
+    ``{"asset": {"params": [{"id", "value_error"}]}}``), then the request is inquired
+    (cloudblue/connect-javascript-sdk @ 78b3ba3c9d7855cbca427e4667de1fab86abfe7b :
+    lib/connect/ops/fulfillment.js ``inquireRequest``; the legacy Python SDK's fulfillment
+    automation). Parameter ids the request does not have are refused before any write.
+    """
     rid = v.request_id("request_id", request_id)
     tid = v.template_id("template_id", template_id) if template_id not in (None, "") else None
-    return _vendor_decision(hook, "inquire", rid, lambda: hook.inquire_request(rid, tid))
+    errors = v.param_errors("param_errors", param_errors)
+
+    def write_errors(request: Mapping[str, Any]) -> None:
+        if not errors:
+            return
+        known = [str(p.get("id")) for p in (request.get("asset") or {}).get("params") or ()]
+        for entry in errors:
+            if entry["id"] not in known:
+                raise ConnectValidationError(
+                    f"param_errors.{entry['id']}",
+                    f"request {rid} has no parameter {entry['id']!r}; its parameters are "
+                    f"{', '.join(known) or '(none)'}",
+                )
+        hook.put(f"/requests/{rid}", json={"asset": {"params": errors}})
+
+    def act(request: Mapping[str, Any]) -> dict[str, Any]:
+        write_errors(request)
+        return hook.inquire_request(rid, tid)
+
+    # Already inquiring (a retry, or the vendor's own inquiry): the errors are written all the same.
+    return _vendor_decision(hook, "inquire", rid, act, when_already=write_errors)

@@ -238,6 +238,10 @@ def _rejection_reason(exc: Exception) -> str | None:
         return None
     if isinstance(exc, ConnectNotFoundError):
         return str(exc)
+    if isinstance(exc, ConnectConflictError) and exc.params.get("request_status") in actions.OPEN_STATUSES:
+        # A 409 naming an open request (of another type: the action returns its own as reused):
+        # the row waits until Connect has decided that one, then goes.
+        return None
     if isinstance(exc, ConnectAPIError):
         # The hook's message already carries Connect's error_code and errors.
         if exc.status is not None and 400 <= exc.status < 500 and exc.status not in (408, 429):
@@ -257,18 +261,6 @@ def _row_status_of(request_status: Any) -> str:
         return ChangeStatus.INQUIRING.value
     # Failed or revoked reused requests stay 'submitted': following them fetches the reason.
     return ChangeStatus.SUBMITTED.value
-
-
-def _conflicting_request(exc: ConnectConflictError) -> str | None:
-    """The request a 409 names as already existing (``params.request_id``), if it names one.
-
-    connect-extension-for-cb-commerce reads a create's 409 this way: ``params`` with
-    ``request_id``/``request_status`` means the request exists (cbcext/services/fulfillment/base.py
-    ``_handle_public_error``, purchase.py ``_request_exists_response``); a 409 without them is a
-    refusal whose ``errors`` say why.
-    """
-    request_id = (exc.params or {}).get("request_id")
-    return str(request_id) if isinstance(request_id, str) and request_id else None
 
 
 class _HoldLost(Exception):
@@ -453,19 +445,9 @@ def _submit_one(
             "Change %s: this attempt lost its hold on the row before creating; nothing sent.", change.id
         )
         return None
-    except ConnectConflictError as exc:
-        existing = _conflicting_request(exc)
-        if existing is None:
-            return _reject(outbox, attempt, change, str(exc), report)
-        # Connect refused a second create and named the request that exists: that one is the row's.
-        log.info(
-            "Change %s (%s): Connect names the existing request %s (409).",
-            change.id,
-            change.change_type,
-            existing,
-        )
-        return _write_back(outbox, attempt, change, existing, exc.params.get("request_status"), True, report)
     except Exception as exc:
+        # A 409 naming the row's own request never gets here: the actions return that request as
+        # reused. One that does names a request of another type in the way (see _rejection_reason).
         reason = _rejection_reason(exc)
         if reason is None:
             log.warning("Change %s (%s): transient error: %s", change.id, change.change_type, exc)
@@ -820,12 +802,10 @@ def form_arguments(form: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
         if given("item_id") or given("quantity"):
             arguments["item_id"] = form.get("item_id")
             arguments["quantity"] = form.get("quantity")
-        tier1 = _tier_from_form(form, "tier1")
-        if tier1 is not None:
-            arguments["tier1"] = tier1
-        customer = _tier_from_form(form, "customer")
-        if customer is not None:
-            arguments["customer"] = customer
+        for level in ("tier1", "tier2", "customer"):
+            account = _tier_from_form(form, level)
+            if account is not None:
+                arguments[level] = account
         return action, arguments
     if given("asset_id"):
         arguments["asset_id"] = form["asset_id"]
@@ -842,7 +822,7 @@ def form_arguments(form: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
 def form_field(field: str) -> str:
     """The trigger-form field an argument path comes from (``tier1.contact_info.city`` -> ``tier1_city``)."""
     head, _, rest = field.partition(".")
-    if head in ("tier1", "customer"):
+    if head in ("tier1", "tier2", "customer"):
         leaf = rest.split(".")[-1] if rest else "name"
         leaf = "phone" if rest.startswith("contact_info.contact.phone_number") else leaf
         return f"{head}_{leaf}" if leaf in FORM_TIER_FIELDS else head

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from connect_provider.exceptions import ConnectValidationError
@@ -34,6 +35,13 @@ COUNTRY_CODE_RE = re.compile(r"^\+?[0-9]{1,4}$")
 PRODUCT_PREFIX_LEN = 15
 
 UNLIMITED = -1
+#: The largest quantity accepted. No public source names the column Connect keeps quantities in;
+#: a signed 32-bit integer (PostgreSQL ``integer``, Django's ``IntegerField``) is the narrowest it
+#: could be, so nothing above it is sent (the sandbox refuses it the same way).
+MAX_QUANTITY = 2_147_483_647
+#: What an Airflow template renders for a value that is not set (``"{{ params.sid }}"`` with no
+#: ``sid``): never an id.
+UNSET_RENDERINGS = frozenset({"none", "null"})
 CONNECTION_TYPES = ("production", "test", "preview")
 SUSPEND_RESUME_TYPES = ("suspend", "resume")
 
@@ -57,21 +65,52 @@ def _fail(field: str, message: str) -> ConnectValidationError:
 
 
 def _present(value: Any) -> bool:
+    # "None"/"null" count as given: they are refused where they are read, naming the argument.
     return value is not None and not (isinstance(value, str) and not value.strip())
 
 
+def is_unset_rendering(value: Any) -> bool:
+    """Whether ``value`` is the text a template renders for an unset value (``"None"``, ``"null"``)."""
+    return isinstance(value, str) and value.strip().casefold() in UNSET_RENDERINGS
+
+
+def _refuse_unset_rendering(field: str, value: Any) -> None:
+    if is_unset_rendering(value):
+        raise _fail(
+            field,
+            f"is {value!r}, what a template renders for a value that is not set (e.g. "
+            "'{{ params.x }}' without x); pass the real value, or leave the argument out",
+        )
+
+
 def require_text(field: str, value: Any, what: str = "a non-empty string") -> str:
-    """A non-empty string, stripped."""
+    """A non-empty string, stripped; never the rendering of an unset template value."""
     if not isinstance(value, str) or not value.strip():
         raise _fail(field, f"must be {what}, got {value!r}")
+    _refuse_unset_rendering(field, value)
     return value.strip()
 
 
 def optional_text(field: str, value: Any) -> str | None:
-    """``None``/blank becomes ``None``; anything else must be a string."""
+    """``None``/blank becomes ``None``; anything else must be a string (not ``"None"``)."""
     if not _present(value):
         return None
     return require_text(field, value)
+
+
+def rql_text(field: str, text: str) -> str:
+    """Text that is filtered on in RQL: it must not hold both quote kinds.
+
+    Connect's RQL quotes a value with ``"`` or ``'`` and has no escape, so a value holding both
+    can never be looked up: refused here, naming the caller's argument, rather than by the hook.
+    """
+    if '"' in text and "'" in text:
+        raise _fail(
+            field,
+            f"{text!r} holds both a double quote and a single quote, which Connect's RQL cannot "
+            "quote, so it could never be looked up; remove one kind of quote",
+        )
+    return text
 
 
 def _match(field: str, value: Any, pattern: re.Pattern[str], shape: str) -> str:
@@ -106,11 +145,17 @@ def connection_id(field: str, value: Any) -> str:
 
 
 def marketplace(field: str, value: Any) -> str:
-    """A marketplace id (``MP-12345``) or its name: anything starting with ``MP-`` must be an id."""
-    text = require_text(field, value, "a marketplace id (MP-XXXXX) or a marketplace name")
+    """A marketplace id (``MP-12345``) or its name: anything starting with ``MP-`` must be an id.
+
+    Connect refuses a purchase without one ("Field 'marketplace.id' is required."), so it is
+    required here, before any call.
+    """
+    text = require_text(
+        field, value, "a marketplace id (MP-XXXXX) or a marketplace name (Connect requires marketplace.id)"
+    )
     if text.upper().startswith("MP-") and not MARKETPLACE_ID_RE.match(text):
         raise _fail(field, f"{text!r} looks like a marketplace id but is not of the form MP-XXXXX")
-    return text
+    return rql_text(field, text)
 
 
 def connection_type(field: str, value: Any) -> str:
@@ -129,26 +174,54 @@ def suspend_resume_type(field: str, value: Any) -> str:
 def quantity(field: str, value: Any, *, allow_zero: bool) -> int:
     """An item quantity: a whole number above zero (or zero when allowed), or -1 for unlimited.
 
-    Strings of digits (``"5"``, as a template renders them) are accepted; fractions, booleans and
-    other negative numbers are refused because Connect's reservation items count whole units.
+    Numbers and numeric strings (``5``, ``"5"``, ``25.0``, ``"25.0"``, as templates and Connect's
+    own answers carry them) and ``"unlimited"`` (-1) are accepted; fractions, booleans, other
+    negative numbers and anything above :data:`MAX_QUANTITY` are refused, because Connect's
+    reservation items count whole units.
     """
     lowest = "0" if allow_zero else "1"
     hint = f"must be a whole number >= {lowest}, or -1 for unlimited"
-    if isinstance(value, bool) or value is None:
+    number = parse_quantity(value)
+    if number is None:
         raise _fail(field, f"{hint}, got {value!r}")
-    if isinstance(value, int):
-        number = value
-    elif isinstance(value, float):
-        if not value.is_integer():
-            raise _fail(field, f"{hint}, got {value!r}")
-        number = int(value)
-    elif isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d+\s*", value):
-        number = int(value)
-    else:
-        raise _fail(field, f"{hint}, got {value!r}")
+    if number > MAX_QUANTITY:
+        raise _fail(
+            field, f"must be at most {MAX_QUANTITY} (the largest quantity Connect can hold), got {value!r}"
+        )
     if number == UNLIMITED or number > 0 or (allow_zero and number == 0):
         return number
     raise _fail(field, f"{hint}, got {value!r}")
+
+
+def parse_quantity(value: Any) -> int | None:
+    """A quantity as Connect or a user writes it, as a whole number; ``None`` if it is not one.
+
+    ``25``, ``25.0``, ``"25"``, ``"25.0"``, ``Decimal("25")``; ``"unlimited"`` is -1 (the legacy
+    Python SDK's QuantityField and connect-extension-for-cb-commerce's request tracker read it so).
+    """
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, str):
+        text = value.strip()
+        if text.casefold() == "unlimited":
+            return UNLIMITED
+        if not re.fullmatch(r"[+-]?\d+(\.\d+)?", text):
+            return None
+        value = Decimal(text)
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            return None
+        value = Decimal(repr(value))
+    if isinstance(value, int):
+        return value
+    if isinstance(value, Decimal):
+        try:
+            if not value.is_finite() or value != value.to_integral_value():
+                return None
+        except InvalidOperation:
+            return None
+        return int(value)
+    return None
 
 
 def item_id(field: str, value: Any, *, allow_local: bool) -> str:
@@ -351,8 +424,9 @@ def _stringish(value: Any) -> Any:
 
 
 def _external_id(field: str, value: Any) -> str:
-    # External ids are often numeric in the commerce system that owns them.
-    return require_text(field, _stringish(value), "a non-empty external id")
+    # External ids are often numeric in the commerce system that owns them; they are looked up
+    # by RQL filters, so both quote kinds are refused.
+    return rql_text(field, require_text(field, _stringish(value), "a non-empty external id"))
 
 
 def external_id(field: str, value: Any) -> str:
@@ -362,8 +436,13 @@ def external_id(field: str, value: Any) -> str:
     return text
 
 
-def params(field: str, value: Any) -> list[dict[str, str]]:
-    """Ordering parameters ``{param_id: value}`` (or Connect's ``[{"id", "value"}]``)."""
+def params(field: str, value: Any) -> list[dict[str, Any]]:
+    """Ordering parameters ``{param_id: value}`` (or Connect's ``[{"id", "value"}]``).
+
+    A value that is an object (a dict) goes as ``structured_value``, as Connect keeps object
+    parameters (the Zapier app sends them so: cloudblue/connect-fulfillment-zapier-app @
+    d6b7645a0e854f7d3dcab017211da4dada6fe62f : lib/connect/api/helpers/builder.js, data.js).
+    """
     value = _decoded(field, value)
     if value is None:
         return []
@@ -372,21 +451,47 @@ def params(field: str, value: Any) -> list[dict[str, str]]:
     elif isinstance(value, list | tuple):
         pairs = []
         for index, entry in enumerate(value):
-            if not isinstance(entry, Mapping) or set(entry) != {"id", "value"}:
-                raise _fail(f"{field}[{index}]", f"must be {{'id': ..., 'value': ...}}, got {entry!r}")
-            pairs.append((entry["id"], entry["value"]))
+            keys = set(entry) if isinstance(entry, Mapping) else set()
+            if keys not in ({"id", "value"}, {"id", "structured_value"}):
+                raise _fail(
+                    f"{field}[{index}]",
+                    f"must be {{'id': ..., 'value': ...}} or {{'id': ..., 'structured_value': {{...}}}}, "
+                    f"got {entry!r}",
+                )
+            pairs.append((entry["id"], entry.get("value", entry.get("structured_value"))))
     else:
         raise _fail(field, f"must be a dict {{param_id: value}}, got {value!r}")
-    out = []
+    out: list[dict[str, Any]] = []
     for key, raw in pairs:
         name = require_text(f"{field} key", key, "a parameter id")
+        if isinstance(raw, Mapping):
+            out.append({"id": name, "structured_value": dict(raw)})
+            continue
         if isinstance(raw, bool):
             raw = "true" if raw else "false"
         elif isinstance(raw, int | float):
             raw = str(raw)
         if not isinstance(raw, str):
-            raise _fail(f"{field}.{name}", f"must be a string or a number, got {raw!r}")
+            raise _fail(f"{field}.{name}", f"must be a string, a number or an object, got {raw!r}")
         out.append({"id": name, "value": raw})
+    return out
+
+
+def param_errors(field: str, value: Any) -> list[dict[str, str]]:
+    """``{param_id: message}`` for an inquire: what the requester must fix, per parameter.
+
+    Becomes ``[{"id", "value_error"}]``, the shape ``PUT /requests/{id}`` takes.
+    """
+    value = _decoded(field, value)
+    if value is None or value == {}:
+        return []
+    if not isinstance(value, Mapping):
+        raise _fail(field, f"must be a dict {{param_id: message}}, got {value!r}")
+    out = []
+    for key, message in value.items():
+        name = require_text(f"{field} key", key, "a parameter id")
+        text = require_text(f"{field}.{name}", message, "a message saying what to fix")
+        out.append({"id": name, "value_error": text})
     return out
 
 
@@ -394,6 +499,12 @@ def asset_identity(
     asset_id_value: Any, asset_external_id: Any, asset_external_uid: Any
 ) -> tuple[str | None, str | None, str | None]:
     """Exactly one way to name the asset: ``asset_id``, or its external id (and/or external uid)."""
+    for name, given in (
+        ("asset_id", asset_id_value),
+        ("asset_external_id", asset_external_id),
+        ("asset_external_uid", asset_external_uid),
+    ):
+        _refuse_unset_rendering(name, given)
     by_id = _present(asset_id_value)
     by_external = _present(asset_external_id) or _present(asset_external_uid)
     if by_id and by_external:

@@ -107,9 +107,9 @@ def test_the_xcom_shape_holds_ids_and_statuses_only():
 
 
 def test_the_default_asset_uid_is_stable_per_external_id_and_distinct_between_them():
-    first = actions.default_asset_external_uid("sub-42")
-    assert first == actions.default_asset_external_uid("sub-42")
-    assert first != actions.default_asset_external_uid("sub-43")
+    first = actions.default_asset_external_uid("sub-42", PRODUCT)
+    assert first == actions.default_asset_external_uid("sub-42", PRODUCT)
+    assert first != actions.default_asset_external_uid("sub-43", PRODUCT)
     assert uuid.UUID(first).version == 5
 
 
@@ -198,12 +198,13 @@ def test_a_purchase_resolves_marketplace_connection_product_and_tiers(sandbox, h
     assert asset["product"]["id"] == PRODUCT  # derived from the items
     assert asset["connection"]["id"] == "CT-0000-0000-0001"  # the production one of HB-0000-0001
     assert request["marketplace"]["id"] == "MP-00001"  # found by name
-    assert asset["external_uid"] == actions.default_asset_external_uid("p-resolve")
+    assert asset["external_uid"] == actions.default_asset_external_uid("p-resolve", PRODUCT)
     # Tier accounts Connect knows are named by their own uid: no duplicate account appears.
     assert asset["tiers"]["customer"]["id"] == "TA-0000-0000-0002"
     assert asset["tiers"]["tier1"]["id"] == "TA-0000-0000-0001"
-    quantities = {i["global_id"]: float(i["quantity"]) for i in asset["items"]}
-    assert quantities == {SEATS: 3, STORAGE: -1}
+    # Request items carry quantities as strings, "unlimited" for -1.
+    quantities = {i["global_id"]: i["quantity"] for i in asset["items"]}
+    assert quantities == {SEATS: "3", STORAGE: "unlimited"}
     assert {"id": "seats_note", "value": "for the Berlin office"} in [
         {"id": p["id"], "value": p["value"]} for p in asset["params"]
     ]
@@ -250,22 +251,25 @@ def test_without_reuse_a_purchase_always_creates(sandbox, hook):
 def test_among_assets_sharing_an_external_id_the_one_with_the_derived_uid_is_ours(sandbox, hook):
     # sub-dup already names two seeded assets; a purchase with the default uid makes a third.
     ours = actions.purchase(
-        hook, **purchase_args("sub-dup", asset_external_uid=actions.default_asset_external_uid("sub-dup"))
+        hook,
+        **purchase_args("sub-dup", asset_external_uid=actions.default_asset_external_uid("sub-dup", PRODUCT)),
     )
     retry = actions.purchase(hook, **purchase_args("sub-dup"))
     assert retry.request_id == ours.request_id and retry.reused
     assert created(sandbox) == 1
 
 
-def test_without_reuse_an_asset_request_is_sent_and_connects_refusal_passes_through(
+def test_without_reuse_an_asset_request_is_sent_and_connects_409_names_the_open_one(
     sandbox, hook, active_asset
 ):
+    # Connect answers a second suspend with 409 naming the open one: that request is the result.
     first = actions.suspend_resume(hook, request_type="suspend", asset_id=active_asset["id"])
-    with pytest.raises(ConnectAPIError, match=first.request_id) as err:
-        actions.suspend_resume(
-            hook, request_type="suspend", asset_id=active_asset["id"], reuse_existing_request=False
-        )
-    assert err.value.status == 400
+    posts = sandbox.admin("GET", "stats")["calls_by_route"]["POST /requests"]
+    again = actions.suspend_resume(
+        hook, request_type="suspend", asset_id=active_asset["id"], reuse_existing_request=False
+    )
+    assert sandbox.admin("GET", "stats")["calls_by_route"]["POST /requests"] == posts + 1  # it was sent
+    assert (again.request_id, again.reused) == (first.request_id, True)
 
 
 def test_a_failed_request_error_survives_pickling():
@@ -408,9 +412,9 @@ def test_suspend_then_resume_then_cancel_follow_the_asset(hook, active_asset):
 
 
 def test_connects_refusal_is_passed_through(hook):
-    # sub-1003 is terminated: Connect (here the sandbox) refuses to suspend it.
+    # sub-1003 is terminated: Connect (here the sandbox) refuses to resume it.
     with pytest.raises(ConnectAPIError) as err:
-        actions.suspend_resume(hook, request_type="suspend", asset_external_id="sub-1003")
+        actions.suspend_resume(hook, request_type="resume", asset_external_id="sub-1003")
     assert err.value.status == 400
     assert "terminated" in str(err.value)
 

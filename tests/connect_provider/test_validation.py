@@ -255,8 +255,10 @@ def test_params_become_connect_id_value_pairs():
     ]
     assert v.params("params", None) == []
     assert v.params("params", [{"id": "a", "value": "b"}]) == [{"id": "a", "value": "b"}]
+    # Object values are Connect's structured_value (the Zapier app sends them so).
+    assert v.params("params", {"a": {"nested": 1}}) == [{"id": "a", "structured_value": {"nested": 1}}]
     with refused("params.a"):
-        v.params("params", {"a": {"nested": 1}})
+        v.params("params", {"a": [1, 2]})
     with refused("params"):
         v.params("params", "a=b")
 

@@ -37,7 +37,7 @@ TIER = {
 
 
 def purchase_body(external_id: str = "new-sub-1", **asset_overrides: Any) -> dict:
-    """A purchase in the spec's own example shape (connection id, items by global id)."""
+    """A purchase in the spec's own example shape (connection id, items by global id, marketplace)."""
     asset = {
         "external_id": external_id,
         "connection": {"id": "CT-0000-0000-0001"},
@@ -45,7 +45,7 @@ def purchase_body(external_id: str = "new-sub-1", **asset_overrides: Any) -> dic
         "tiers": {"customer": dict(TIER), "tier1": {"id": "TA-0000-0000-0001"}},
     }
     asset.update(asset_overrides)
-    return {"type": "purchase", "asset": asset}
+    return {"type": "purchase", "asset": asset, "marketplace": {"id": "MP-00001"}}
 
 
 class Api:
@@ -61,6 +61,9 @@ class Api:
 
     def post(self, path: str, body: Any = None, **kw: Any) -> requests.Response:
         return requests.post(f"{self.base}{path}", json=body, headers=self.headers, timeout=60, **kw)
+
+    def put(self, path: str, body: Any = None, **kw: Any) -> requests.Response:
+        return requests.put(f"{self.base}{path}", json=body, headers=self.headers, timeout=60, **kw)
 
 
 @pytest.fixture

@@ -1747,11 +1747,14 @@ class ConnectHook(BaseHook):
         return found[0]
 
     @_redacting
-    def find_tier_account(self, external_id: str) -> dict[str, Any] | None:
-        """The tier account with this external id, or ``None``."""
+    def find_tier_account(self, external_id: str, hub_id: str | None = None) -> dict[str, Any] | None:
+        """The tier account with this external id (on hub ``hub_id``, when given), or ``None``."""
         if not isinstance(external_id, str) or not external_id.strip():
             raise ConnectValidationError("external_id", "give the tier account's external id")
-        found = list(self.iter_items("/tier/accounts", R(external_id=external_id.strip())))
+        query = R(external_id=external_id.strip())
+        if hub_id is not None:
+            query = query & R(hub__id=hub_id)
+        found = list(self.iter_items("/tier/accounts", query))
         if len(found) > 1:
             self._emit(
                 "warning",

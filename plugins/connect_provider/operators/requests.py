@@ -163,7 +163,12 @@ class _ConnectAssetRequestOperator(_ConnectOperator):
         )
         if not self.wait_for_completion:
             return result.to_dict()
-        done = outcome(result, result.status, None, fail_on_inquiring=self.fail_on_inquiring)
+        reason = None
+        if result.status in FAILURE_STATUSES:
+            # Created (or found) already failed, e.g. a suspend of a product without administrative
+            # hold: the task fails with Connect's reason, which the result does not carry.
+            reason = self.hook.get_request(result.request_id).get("reason")
+        done = outcome(result, result.status, reason, fail_on_inquiring=self.fail_on_inquiring)
         if done is not None:
             return done
         if self.deferrable:
@@ -235,8 +240,10 @@ class ConnectPurchaseRequestOperator(_ConnectAssetRequestOperator):
     """Create the purchase request of a new asset (subscription), or find the one a retry made.
 
     :param asset_external_id: the asset's id in your system (templated).
-    :param hub_id: the hub ``HB-XXXX-XXXX`` that, with the product, selects the connection (templated).
-    :param marketplace: marketplace id ``MP-...`` or name (templated).
+    :param hub_id: the hub ``HB-XXXX-XXXX`` that, with the product, selects the connection and in
+        which tier accounts are looked up (templated).
+    :param marketplace: marketplace id ``MP-...`` or name (templated); required, as Connect requires
+        ``marketplace.id``.
     :param tier1: the reseller tier: ``{name, external_id, external_uid?, tax_id?, contact_info{
         address_line1, address_line2?, city, state?, postal_code, country, contact{first_name,
         last_name, email, phone_number}}}`` (templated).
@@ -244,10 +251,16 @@ class ConnectPurchaseRequestOperator(_ConnectAssetRequestOperator):
         ``item_id`` and ``quantity`` for a single item.
     :param customer: the end customer's tier account, same shape as ``tier1`` (templated); Connect
         needs it, so a purchase without it is refused before any call.
+    :param tier2: the second-level reseller, same shape as ``tier1``, when there is one (templated).
     :param product_id: the product; by default the items' product (templated).
-    :param asset_external_uid: default: a UUID derived from ``asset_external_id`` (templated).
-    :param asset_params: ordering parameters ``{param_id: value}`` (templated). Not ``params``:
-        Airflow takes an operator's ``params`` argument as its own run parameters (``Param``).
+    :param asset_external_uid: default: a UUID derived from the product and ``asset_external_id``
+        (templated).
+    :param asset_params: ordering parameters ``{param_id: value}`` (templated); a dict value goes as
+        the parameter's ``structured_value``. Not ``params``: Airflow takes an operator's ``params``
+        argument as its own run parameters (``Param``).
+
+    Ids that render to ``"None"``/``"null"`` (a template of an unset value) are refused before any
+    call, naming the argument.
     :param connection_type: ``production`` (default), ``test`` or ``preview``.
     :param connection_id: the connection ``CT-...`` to use, when the product has several of that
         type on the hub (templated); by default the one connection found.
@@ -260,6 +273,7 @@ class ConnectPurchaseRequestOperator(_ConnectAssetRequestOperator):
         "marketplace",
         "tier1",
         "customer",
+        "tier2",
         "items",
         "item_id",
         "quantity",
@@ -285,6 +299,7 @@ class ConnectPurchaseRequestOperator(_ConnectAssetRequestOperator):
         asset_params: dict[str, Any] | None = None,
         connection_type: str = "production",
         connection_id: str | None = None,
+        tier2: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -301,6 +316,7 @@ class ConnectPurchaseRequestOperator(_ConnectAssetRequestOperator):
         self.asset_params = asset_params
         self.connection_type = connection_type
         self.connection_id = connection_id
+        self.tier2 = tier2
 
     def run_action(self) -> ActionResult:
         return actions.purchase(
@@ -318,6 +334,7 @@ class ConnectPurchaseRequestOperator(_ConnectAssetRequestOperator):
             params=self.asset_params,
             connection_type=self.connection_type,
             connection_id=self.connection_id,
+            tier2=self.tier2,
             reuse_existing_request=self.reuse_existing_request,
         )
 
@@ -501,14 +518,29 @@ class ConnectInquireRequestOperator(_ConnectVendorDecisionOperator):
 
     :param request_id: the request ``PR-...`` (templated).
     :param template_id: optional inquire template ``TL-...`` (templated).
+    :param param_errors: ``{param_id: message}``, what the requester must fix (templated): written
+        to those parameters' ``value_error`` before the request is inquired, as CloudBlue's SDKs do.
     """
 
-    template_fields: Sequence[str] = ("request_id", "template_id")
+    template_fields: Sequence[str] = ("request_id", "template_id", "param_errors")
 
-    def __init__(self, *, request_id: str, template_id: str | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        request_id: str,
+        template_id: str | None = None,
+        param_errors: dict[str, str] | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.request_id = request_id
         self.template_id = template_id
+        self.param_errors = param_errors
 
     def decide(self) -> ActionResult:
-        return actions.inquire(self.hook, request_id=self.request_id, template_id=self.template_id)
+        return actions.inquire(
+            self.hook,
+            request_id=self.request_id,
+            template_id=self.template_id,
+            param_errors=self.param_errors,
+        )

@@ -32,7 +32,9 @@ class ConnectRequestSensor(BaseSensorOperator):
 
     :param request_id: the request ``PR-...`` to watch (templated).
     :param target_statuses: statuses that end the wait successfully (default ``approved``).
-    :param failure_statuses: statuses that fail the task (default ``failed``).
+    :param failure_statuses: statuses that fail the task (default ``failed`` and ``revoked``, the
+        two final statuses that are not a success: connect-extension-for-cb-commerce's request
+        tracker treats both as failures, cbcext/services/fulfillment/request_tracker.py).
     :param connect_conn_id: the Connect connection.
     :param deferrable: wait in the triggerer instead of on a worker.
 
@@ -47,7 +49,7 @@ class ConnectRequestSensor(BaseSensorOperator):
         *,
         request_id: str,
         target_statuses: Iterable[str] = ("approved",),
-        failure_statuses: Iterable[str] = ("failed",),
+        failure_statuses: Iterable[str] = ("failed", "revoked"),
         connect_conn_id: str = DEFAULT_CONN_ID,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         **kwargs: Any,
