@@ -75,9 +75,10 @@ the known shape costs one parse and no Python per record. Only a page Arrow refu
 path, in this order: the legacy shape (``category`` as a string, old data: still one parse); the
 same parses ignoring unknown fields (schema drift: the unknown fields of each record are then
 collected into ``extra``, by path, so nothing is lost and nothing is set aside for it); and last,
-record by record, to name the culprit of a record Arrow cannot read (``json.JSONDecoder.raw_decode``
-keeps each record's original text). Bad records are found with vectorised checks (a required field missing, digits
-beyond the decimal, a record of another file or product) and set aside with the reason.
+record by record, to name the culprit of a record Arrow cannot read
+(``json.JSONDecoder.raw_decode`` keeps each record's original text). Bad records are found with
+vectorised checks (a required field missing, digits beyond the decimal, a record of another file
+or product) and set aside with the reason.
 """
 
 from __future__ import annotations

@@ -237,7 +237,19 @@ HEARTBEAT_SECONDS = 15.0
 STALE_AFTER_SECONDS = 120.0
 DEFAULT_WAIT_SECONDS = 900.0
 _OWNER_KIND = "owner"
-_HOST = socket.gethostname()
+
+
+def _host_identity() -> str:
+    """This host, as far as process ids mean anything: the host name and, on Linux, the pid
+    namespace (two containers may share a host name, never a pid namespace)."""
+    try:
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        namespace = ""
+    return f"{socket.gethostname()}{'/' + namespace if namespace else ''}"
+
+
+_HOST = _host_identity()
 
 
 @dataclass(frozen=True)

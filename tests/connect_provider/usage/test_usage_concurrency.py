@@ -150,15 +150,26 @@ class TestWhatCleanupRemoves:
         assert staged(dest) == []
 
     def test_the_leftovers_of_a_dead_process_on_this_host_are_removed_at_once(self, dest: Path) -> None:
-        import socket
         import subprocess
         import sys
 
+        from connect_provider.usage.writer import _host_identity
+
         gone = subprocess.Popen([sys.executable, "-c", "pass"])
         gone.wait(30)
-        _marker(dest, "cafe" * 8, host=socket.gethostname(), pid=gone.pid, age=1.0)
+        _marker(dest, "cafe" * 8, host=_host_identity(), pid=gone.pid, age=1.0)
         result = export_usage_pages(pages([record(i) for i in range(5)]), usage_file(), dest)
         assert result.rows == 5 and staged(dest) == []
+
+    def test_a_dead_pid_in_another_pid_namespace_of_the_same_host_name_is_not_taken_for_dead(
+        self, dest: Path
+    ) -> None:
+        # Two containers may share a host name; a pid means nothing across their namespaces.
+        import socket
+
+        _marker(dest, "abcd" * 8, host=f"{socket.gethostname()}/pid:[1]", pid=2**22 + 1, age=1.0)
+        with pytest.raises(ConnectError, match="another export of"):
+            export_usage_pages(pages([record(0)]), usage_file(), dest, wait_for_other_export=0.3)
 
     def test_a_live_export_on_another_host_is_waited_for_and_its_files_are_left_alone(
         self, dest: Path
