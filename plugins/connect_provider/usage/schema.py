@@ -299,6 +299,8 @@ _RAW_TREE = _raw_tree(legacy=False)
 _RAW_RECORD = _to_struct(_RAW_TREE)
 _LEGACY_RECORD = _to_struct(_raw_tree(legacy=True))
 _LEGACY_PATHS = tuple(p for c in COLUMNS if c.legacy_raw_type is not None for p in c.paths)
+if any("." in p for p in _LEGACY_PATHS):  # _as_current rewrites top-level fields only
+    raise TypeError(f"schema table: a legacy shape is supported for top-level fields only: {_LEGACY_PATHS}")
 
 _WRAP_KEY = "records"
 

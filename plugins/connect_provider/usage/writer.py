@@ -384,6 +384,7 @@ class ExportLease:
         deadline = time.monotonic() + self.wait_seconds
         me = (self.started_at, self.token)
         told = False
+        beat = time.monotonic()
         try:
             while True:
                 now = time.time()
@@ -407,7 +408,9 @@ class ExportLease:
                         earlier[0].describe(now),
                     )
                     told = True
-                self._write_marker()  # still waiting: not stale
+                if time.monotonic() - beat >= self.heartbeat_seconds:
+                    self._write_marker()  # still waiting: not stale
+                    beat = time.monotonic()
                 time.sleep(self.poll_seconds)
             self._thread = threading.Thread(
                 target=self._beat, name=f"usage-export-lease-{self.usage_file_id}", daemon=True
