@@ -109,7 +109,7 @@ class ConnectUsageRecordsToParquetOperator(_UsageOperator):
         ``ObjectStoragePath``; ``s3://conn_id@bucket/...`` picks a connection); templated. Default:
         ``connect_provider.config.data_dir() / "usage_records"``.
     :param page_size: records per API call (1-1000, default 1000).
-    :param row_group_rows: rows per Parquet row group (default 25,000: about 1 MB of memory per 1,000
+    :param row_group_rows: rows per Parquet row group (default 20,000: about 2 MB of memory per 1,000
         rows is held while a row group is built; larger groups compress a little better).
     :param compression: Parquet codec (default ``zstd``).
     :param on_bad_records: ``"quarantine"`` (default) or ``"fail"``.
