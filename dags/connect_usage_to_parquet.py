@@ -7,7 +7,8 @@ plan -> export_usage_file (mapped, one per usage file, in the ``cloudblue_connec
   changed since (the manifest beside the data); a manual run with ``usage_file_id`` exports that
   one file whatever the manifest says.
 * ``export_usage_file`` is ``ConnectUsageRecordsToParquetOperator``: streaming, atomic publish,
-  bad records quarantined, manifest updated.
+  bad records quarantined up to the param ``max_bad_record_ratio`` (1 % by default; past it the
+  file's export fails and publishes nothing), manifest updated.
 * ``publish_dataset`` emits the Asset event only when something was exported; the
   ``connect_usage_load`` DAG is scheduled on it.
 
@@ -24,6 +25,7 @@ from airflow.sdk import Param, dag, task
 from connect_provider.config import API_POOL, DEFAULT_CONN_ID
 from connect_provider.operators.usage import ConnectUsageRecordsToParquetOperator
 from connect_provider.usage import pipeline
+from connect_provider.usage.exporter import DEFAULT_MAX_BAD_RECORD_RATIO
 
 
 @dag(
@@ -56,6 +58,15 @@ from connect_provider.usage import pipeline
             description="Path or URI of the dataset (default: Variable connect_usage_destination, "
             "else <data folder>/usage_records).",
         ),
+        "max_bad_record_ratio": Param(
+            DEFAULT_MAX_BAD_RECORD_RATIO,
+            type="number",
+            minimum=0,
+            maximum=1,
+            title="Most records set aside",
+            description="Share of a usage file's records that may be quarantined (0.01 = 1 %); past "
+            "it the export of that file fails and publishes nothing.",
+        ),
     },
 )
 def connect_usage_to_parquet() -> None:
@@ -72,7 +83,10 @@ def connect_usage_to_parquet() -> None:
         )
 
     exports = ConnectUsageRecordsToParquetOperator.partial(
-        task_id="export_usage_file", pool=API_POOL, connect_conn_id=DEFAULT_CONN_ID
+        task_id="export_usage_file",
+        pool=API_POOL,
+        connect_conn_id=DEFAULT_CONN_ID,
+        max_bad_record_ratio="{{ params.max_bad_record_ratio }}",
     ).expand_kwargs(plan())
 
     @task(outlets=[pipeline.USAGE_RECORDS_ASSET], trigger_rule="none_failed")

@@ -24,10 +24,11 @@ What the catalogue says about Connect's rules (the store enforces them):
 from __future__ import annotations
 
 import uuid
+import zlib
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 
-from connect_sandbox.usage import record_item
+from connect_sandbox.usage import record_asset, record_item
 
 PROVIDER = {"id": "PA-000-000", "name": "Demo Provider", "icon": "/media/PA-000-000/icon.png"}
 VENDOR = {"id": "VA-000-000", "name": "Demo Vendor", "icon": "/media/VA-000-000/icon.png"}
@@ -389,12 +390,36 @@ def demo_assets() -> list[dict]:
 RECORD_ASSETS = {
     DEMO_PRODUCT: [asset_id(1), asset_id(5), asset_id(6), asset_id(2)],
 }
+
+
+def recon_id(asset: str) -> str:
+    """An asset's reconciliation id as usage records carry it (``asset.recon_id``, digits in
+    connect-reports' real record), the same on every run."""
+    return str(zlib.crc32(asset.encode()) % 100_000_000).zfill(8)
+
+
 # The Backup Vault product has no seeded asset; its (closed, historical) usage records refer to
 # assets that are no longer listed, as old files do in Connect.
 VAULT_RECORD_ASSETS = [
-    {"id": "AS-0000-0009-0001", "external_id": "vault-1", "external_uid": det_uuid("vault-1")},
-    {"id": "AS-0000-0009-0002", "external_id": "vault-ü-2", "external_uid": det_uuid("vault-2")},
+    {
+        "id": "AS-0000-0009-0001",
+        "external_id": "vault-1",
+        "external_uid": det_uuid("vault-1"),
+        "recon_id": recon_id("AS-0000-0009-0001"),
+    },
+    {
+        "id": "AS-0000-0009-0002",
+        "external_id": "vault-ü-2",
+        "external_uid": det_uuid("vault-2"),
+        "recon_id": recon_id("AS-0000-0009-0002"),
+    },
 ]
+# The usage category of each item's records (an object {id, name}, as in connect-reports' record).
+USAGE_CATEGORIES = {
+    f"{DEMO_PRODUCT}-0001": {"id": "licenses", "name": "Licenses"},
+    f"{DEMO_PRODUCT}-0002": {"id": "storage", "name": "Storage"},
+    f"{VAULT_PRODUCT}-0001": {"id": "backup_storage", "name": "Backup storage — 保管庫"},
+}
 
 # (id, product, status, period_from, period_to, records)
 DEMO_USAGE_FILES = [
@@ -422,14 +447,18 @@ def edge_records(usagefile: dict, item: dict) -> list[dict]:
             params = [{"parameter_name": "note", "parameter_value": None}]
         else:
             params = [{"parameter_name": "region", "parameter_value": "eu-west-1"}]
+        # The real record's shape (connect-reports' fixture), closed: with what closing sets.
         records.append(
             {
                 "id": f"UR-{usagefile['id'].removeprefix('UF-')}-{i:07d}",
                 "start_date": f"{day.isoformat()}T00:00:00+00:00",
                 "end_date": f"{(day + timedelta(days=1)).isoformat()}T00:00:00+00:00",
                 "product_id": VAULT_PRODUCT,
+                "external_billing_id": f"INV-2026-09-{i:04d}",
+                "external_billing_note": "billed in the September invoice",
                 "item": record_item(item),
-                "asset": dict(asset),
+                "asset": record_asset(asset),
+                "category": dict(USAGE_CATEGORIES[item["id"]]),
                 "tier": 1,
                 "amount": None if i in (0, 2, 7) else (usage * Decimal("0.25")).quantize(Decimal("0.000001")),
                 "multiplier": 1,
@@ -440,13 +469,10 @@ def edge_records(usagefile: dict, item: dict) -> list[dict]:
                 "params": params,
                 "item_id": item["id"],
                 "asset_id": asset["id"],
-                "asset_external_id": asset["external_id"],
-                "asset_external_uid": asset["external_uid"],
                 "usagefile": dict(usagefile),
                 "resource_local_id": f"vault-res-{i:03d}",
-                "external_billing_id": f"INV-2026-09-{i:04d}",
-                "external_billing_note": "billed in the September invoice",
-                "category": "storage",
+                "asset_external_id": asset["external_id"],
+                "asset_external_uid": asset["external_uid"],
             }
         )
     return records

@@ -215,6 +215,7 @@ class Store:
                     "external_uid": self.assets[aid]["external_uid"]
                     if aid in self.assets
                     else seed.det_uuid(aid),
+                    "recon_id": seed.recon_id(aid),
                 }
                 for aid in seed.RECORD_ASSETS.get(product_id, [])
             ] or seed.VAULT_RECORD_ASSETS
@@ -228,6 +229,7 @@ class Store:
                 period_from=pfrom,
                 period_days=(pto - pfrom).days + 1,
                 status=record_status,
+                categories=seed.USAGE_CATEGORIES,
             )
         n = len(self.usage_files)
         created = seed.seed_time(24 * 60 * 40 + n)

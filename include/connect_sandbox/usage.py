@@ -1,4 +1,16 @@
-"""Usage files whose records are computed, not stored.
+"""Usage files whose records are computed, not stored, in the shape the real Connect sends them.
+
+The record's shape follows ``cloudblue/connect-reports @ 082cac0d :
+tests/fixtures/usage_records_response.json`` (the whole record as Connect returns it), which the
+test ``test_the_sandbox_answers_in_the_real_shape`` compares the sandbox's answers with, key by key
+and type by type (``tests/fixtures/real/``): ``item{id, local_id, mpn, name}``, ``asset{id,
+external_id, external_uid, recon_id}``, ``category{id, name}`` (an object, although the v37
+spec's record schema says string), an integer ``multiplier``, ``usagefile{id, name, schema,
+currency}`` and the top-level copies ``item_id``, ``asset_id``, ``asset_external_id``,
+``asset_external_uid``, ``resource_local_id``. A closed record adds what closing sets
+(``closed_at``, ``closed_by``, ``external_billing_id``, ``external_billing_note``: spec v37
+``usage.UsageRecord`` and the body of ``POST /usage/records/{id}/close``); the others do not carry
+these keys, as the record of connect-reports does not.
 
 A benchmark file holds a million records; keeping them as dicts would cost gigabytes and
 rendering them through a generic JSON encoder would make the sandbox, not the exporter, the
@@ -40,13 +52,26 @@ def _dumps(obj: Any) -> str:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
 
 
-
-RECORD_ITEM_FIELDS = ("id", "local_id", "name", "unit", "mpn", "precision", "type")
+# A usage record's item, as connect-reports' real record has it (no unit/precision/type there).
+RECORD_ITEM_FIELDS = ("id", "local_id", "mpn", "name")
+# What closing a record sets on it (spec usage.UsageRecord; POST /usage/records/{id}/close).
+CLOSE_FIELDS = ("closed_at", "closed_by", "external_billing_id", "external_billing_note")
 
 
 def record_item(item: dict) -> dict:
-    """The ``item`` object of a usage record (usage.UsageRecord.item) from a product item."""
+    """The ``item`` object of a usage record from a product item."""
     return {key: item[key] for key in RECORD_ITEM_FIELDS}
+
+
+def record_asset(asset: dict) -> dict:
+    """The ``asset`` object of a usage record: ids and the asset's reconciliation id."""
+    return {
+        "id": asset["id"],
+        "external_id": asset["external_id"],
+        "external_uid": asset["external_uid"],
+        "recon_id": asset["recon_id"],
+    }
+
 
 @dataclass
 class RecordSource:
@@ -111,6 +136,8 @@ class GeneratedRecords(RecordSource):
     period_from: date = date(2026, 10, 1)
     period_days: int = 31
     status: str = "valid"
+    #: ``category`` of the records of each item, by item id.
+    categories: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._id_prefix = "UR-" + self.file_id.removeprefix("UF-") + "-"
@@ -122,59 +149,36 @@ class GeneratedRecords(RecordSource):
             )
             for d in range(max(self.period_days, 1))
         ]
+        closed = self.status == "closed"
+        # What closing set: the same for every record of a closed generated file.
+        close = (
+            {
+                "closed_at": "2026-11-05T09:00:00+00:00",
+                "closed_by": "SU-000-000-000",
+                "external_billing_id": f"INV-{self.file_id.removeprefix('UF-')}",
+                "external_billing_note": "billed with the monthly invoice",
+            }
+            if closed
+            else {}
+        )
         # One prepared middle fragment per (item, asset) pair: everything that does not vary.
         self._fragments: list[str] = []
         self._parts: list[dict] = []
         for item in self.items:
             for asset in self.assets:
-                rec_item = record_item(item)
-                rec_asset = {
-                    "id": asset["id"],
-                    "external_id": asset["external_id"],
-                    "external_uid": asset["external_uid"],
+                part = {
+                    "product_id": self.product_id,
+                    "item": record_item(item),
+                    "asset": record_asset(asset),
+                    "category": dict(self.categories.get(item["id"], DEFAULT_CATEGORY)),
+                    "tier": 1,
                 }
-                self._parts.append(
-                    {
-                        "product_id": self.product_id,
-                        "item": rec_item,
-                        "asset": rec_asset,
-                        "tier": 1,
-                        "item_id": item["id"],
-                        "asset_id": asset["id"],
-                        "asset_external_id": asset["external_id"],
-                        "asset_external_uid": asset["external_uid"],
-                        "usagefile": self.usagefile,
-                    }
-                )
-                self._fragments.append(
-                    f',"product_id":{_dumps(self.product_id)},"item":{_dumps(rec_item)}'
-                    f',"asset":{_dumps(rec_asset)},"tier":1'
-                    f',"item_id":{_dumps(item["id"])},"asset_id":{_dumps(asset["id"])}'
-                    f',"asset_external_id":{_dumps(asset["external_id"])}'
-                    f',"asset_external_uid":{_dumps(asset["external_uid"])}'
-                    f',"usagefile":{_dumps(self.usagefile)}'
-                )
+                self._parts.append(part)
+                self._fragments.append("," + _dumps(part)[1:-1])
         self._n_fragments = max(len(self._fragments), 1)
         self.period = self._n_fragments
-        closed = self.status == "closed"
-        self._tail_fields = {
-            "multiplier": 1,
-            "status": self.status,
-            "closed_at": "2026-11-05T09:00:00+00:00" if closed else None,
-            "closed_by": "SU-000-000-000" if closed else None,
-            "external_billing_id": "",
-            "external_billing_note": "",
-            "category": "standard",
-        }
-        self._tail = (
-            f',"multiplier":1,"status":"{self.status}"'
-            + (
-                ',"closed_at":"2026-11-05T09:00:00+00:00","closed_by":"SU-000-000-000"'
-                if closed
-                else ',"closed_at":null,"closed_by":null'
-            )
-            + ',"external_billing_id":"","external_billing_note":"","category":"standard"'
-        )
+        self._tail_fields = {"multiplier": 1, "status": self.status, **close}
+        self._tail = "," + _dumps(self._tail_fields)[1:-1]
         self._prepare_render()
 
     def record(self, i: int) -> dict:
@@ -184,18 +188,23 @@ class GeneratedRecords(RecordSource):
         mix = (i * 2654435761 + self._salt) & 0xFFFFFFFF
         n = mix % 100000
         start, end = self._dates[i % len(self._dates)]
+        part = self._parts[i % self._n_fragments]
         rec = {"id": f"{self._id_prefix}{i:07d}", "start_date": start, "end_date": end}
-        rec.update(self._parts[i % self._n_fragments])
+        rec.update(part)
         rec["amount"] = Decimal(n * 5).scaleb(-4)
         rec["usage"] = Decimal(n).scaleb(-2)
         rec.update(self._tail_fields)
-        rec["resource_local_id"] = f"res-{mix % 997:03d}"
         rec["params"] = [{"parameter_name": "region", "parameter_value": _REGIONS[mix % 5]}]
+        rec.update(_top_level_copies(part, self.usagefile))
+        rec["resource_local_id"] = f"res-{mix % 997:03d}"
+        rec["asset_external_id"] = part["asset"]["external_id"]
+        rec["asset_external_uid"] = part["asset"]["external_uid"]
         return rec
 
     def _prepare_render(self) -> None:
         # Everything between the id and the amount depends only on i modulo the lcm of the day
-        # and (item, asset) cycles; everything after the usage only on a 5-way region choice.
+        # and (item, asset) cycles; everything after the usage only on the region choice and the
+        # (item, asset) class.
         n_days = len(self._dates)
         cycle = n_days * self._n_fragments // math.gcd(n_days, self._n_fragments)
         self._cycle = cycle
@@ -206,9 +215,19 @@ class GeneratedRecords(RecordSource):
                 f'","start_date":"{start}","end_date":"{end}"'
                 f'{self._fragments[k % self._n_fragments]},"amount":'
             )
+        # After the usage: the tail, the params (by region), the top-level copies (by class).
         self._tails = [
-            f'{self._tail},"params":[{{"parameter_name":"region","parameter_value":"{region}"}}]}}'
+            f'{self._tail},"params":[{{"parameter_name":"region","parameter_value":"{region}"}}]'
             for region in _REGIONS
+        ]
+        self._copies = []
+        for part in self._parts or [{"item": {"id": None}, "asset": {"id": None}}]:
+            copies = _top_level_copies(part, self.usagefile)
+            self._copies.append("," + _dumps(copies)[1:-1])
+        self._externals = [
+            f',"asset_external_id":{_dumps(part["asset"]["external_id"])}'
+            f',"asset_external_uid":{_dumps(part["asset"]["external_uid"])}}}'
+            for part in self._parts or [{"asset": {"external_id": None, "external_uid": None}}]
         ]
         self._prefix = '{"id":"' + self._id_prefix
 
@@ -221,17 +240,28 @@ class GeneratedRecords(RecordSource):
         if not 0 <= start <= stop <= self.count:
             raise IndexError((start, stop))
         prefix, heads, tails, cycle, salt = self._prefix, self._heads, self._tails, self._cycle, self._salt
+        copies, externals, classes = self._copies, self._externals, self._n_fragments
         out: list[str] = []
         append = out.append
         for i in range(start, stop):
             mix = (i * 2654435761 + salt) & 0xFFFFFFFF
             n = mix % 100000  # usage in hundredths: 0.00 .. 999.99
             a = n * 5  # amount = usage * 0.05, in ten-thousandths
+            c = i % classes
             append(
                 f"{prefix}{i:07d}{heads[i % cycle]}{a // 10000}.{a % 10000:04d}"
-                f',"usage":{n // 100}.{n % 100:02d},"resource_local_id":"res-{mix % 997:03d}"{tails[mix % 5]}'
+                f',"usage":{n // 100}.{n % 100:02d}{tails[mix % 5]}{copies[c]}'
+                f',"resource_local_id":"res-{mix % 997:03d}"{externals[c]}'
             )
         return out
+
+
+DEFAULT_CATEGORY = {"id": "usage", "name": "Usage"}
+
+
+def _top_level_copies(part: dict, usagefile: dict) -> dict:
+    """``item_id``, ``asset_id`` and the ``usagefile`` object, in the real record's order."""
+    return {"item_id": part["item"]["id"], "asset_id": part["asset"]["id"], "usagefile": usagefile}
 
 
 # Record fields that are the same for every record of one (item, asset) class of a generated file.
@@ -241,13 +271,13 @@ CLASS_CONSTANT_PATHS = frozenset(
         "item.id",
         "item.local_id",
         "item.name",
-        "item.unit",
         "item.mpn",
-        "item.precision",
-        "item.type",
         "asset.id",
         "asset.external_id",
         "asset.external_uid",
+        "asset.recon_id",
+        "category.id",
+        "category.name",
         "tier",
         "item_id",
         "asset_id",

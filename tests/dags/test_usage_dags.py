@@ -32,7 +32,8 @@ def test_the_export_dag_runs_daily_without_catchup_and_maps_exports_in_the_api_p
     dag = usage_dags["connect_usage_to_parquet"]
     assert dag.catchup is False and dag.max_active_runs == 1
     assert dag.schedule == "@daily"
-    assert set(dag.params) == {"usage_file_id", "statuses", "destination"}
+    assert set(dag.params) == {"usage_file_id", "statuses", "destination", "max_bad_record_ratio"}
+    assert dag.params["max_bad_record_ratio"] == 0.01
     assert dag.params["usage_file_id"] is None
     export = dag.get_task("export_usage_file")
     assert export.pool == API_POOL and dag.get_task("plan").pool == API_POOL

@@ -16,7 +16,9 @@ from airflow.sdk import BaseOperator
 from connect_provider.config import DEFAULT_CONN_ID
 from connect_provider.exceptions import ConnectError, ConnectValidationError
 from connect_provider.usage.exporter import (
+    DEFAULT_MAX_BAD_RECORD_RATIO,
     DEFAULT_PAGE_SIZE,
+    bad_record_ratio,
     export_usage_file,
     records_query,
     validate_export_options,
@@ -96,22 +98,28 @@ class ConnectUsageRecordsToParquetOperator(_UsageOperator):
     Writes ``<destination>/product_id=<PRD>/period=<YYYY-MM>/usage_file_id=<UF>.parquet`` with the
     schema of :mod:`connect_provider.usage.schema`, streaming one page and one row group at a time;
     records that cannot be converted go to ``<destination>/_quarantine/...`` with the reason (or
-    fail the task with ``on_bad_records="fail"``); the manifest ``<destination>/_manifest/<UF>.json``
-    records the exported version. Logs progress with rate and time left.
+    fail the task with ``on_bad_records="fail"``), and when more than ``max_bad_record_ratio`` of
+    the records would be set aside the task fails and publishes nothing; fields the schema does not
+    know are kept in the ``extra`` column. The manifest ``<destination>/_manifest/<UF>.json``
+    records the exported version. The destination is checked before any call to Connect; a second
+    export of the same file waits for the first. Logs progress with rate and time left.
 
     :param usage_file_id: the usage file (``UF-...``); templated.
     :param destination: a local path or a URI (``file://``, ``s3://``... through
         ``ObjectStoragePath``; ``s3://conn_id@bucket/...`` picks a connection); templated. Default:
         ``connect_provider.config.data_dir() / "usage_records"``.
     :param page_size: records per API call (1-1000, default 1000).
-    :param row_group_rows: rows per Parquet row group (default 25,000: about 1 MB of memory per 1,000
+    :param row_group_rows: rows per Parquet row group (default 20,000: about 2 MB of memory per 1,000
         rows is held while a row group is built; larger groups compress a little better).
     :param compression: Parquet codec (default ``zstd``).
     :param on_bad_records: ``"quarantine"`` (default) or ``"fail"``.
+    :param max_bad_record_ratio: the share of the file's records that may be quarantined (0 to 1,
+        default 0.01 = 1 %); past it the export fails with the counts and the first reasons, and
+        publishes nothing. Templated (a rendered ``"0.05"`` is accepted).
     :return: ``{"path", "rows", "bytes", "usage_file_id", "quarantined"}``.
     """
 
-    template_fields: Sequence[str] = ("usage_file_id", "destination")
+    template_fields: Sequence[str] = ("usage_file_id", "destination", "max_bad_record_ratio")
 
     def __init__(
         self,
@@ -122,22 +130,28 @@ class ConnectUsageRecordsToParquetOperator(_UsageOperator):
         row_group_rows: int = DEFAULT_ROW_GROUP_ROWS,
         compression: str = "zstd",
         on_bad_records: str = "quarantine",
+        max_bad_record_ratio: float | str = DEFAULT_MAX_BAD_RECORD_RATIO,
         **kwargs: Any,
     ) -> None:
         super().__init__(usage_file_id=usage_file_id, **kwargs)
+        templated = isinstance(max_bad_record_ratio, str) and "{{" in max_bad_record_ratio
         validate_export_options(
             page_size=page_size,
             row_group_rows=row_group_rows,
             compression=compression,
             on_bad_records=on_bad_records,
+            max_bad_record_ratio=DEFAULT_MAX_BAD_RECORD_RATIO if templated else max_bad_record_ratio,
         )
         self.destination = destination
         self.page_size = page_size
         self.row_group_rows = row_group_rows
         self.compression = compression
         self.on_bad_records = on_bad_records
+        self.max_bad_record_ratio = max_bad_record_ratio
 
     def execute(self, context: Context) -> dict[str, Any]:
+        # Checked again once rendered, before any call to Connect.
+        ratio = bad_record_ratio(self.max_bad_record_ratio)
         result = export_usage_file(
             self.hook,
             self._file_id(),
@@ -146,6 +160,7 @@ class ConnectUsageRecordsToParquetOperator(_UsageOperator):
             row_group_rows=self.row_group_rows,
             compression=self.compression,
             on_bad_records=self.on_bad_records,
+            max_bad_record_ratio=ratio,
             logger=self.log,
         )
         return result.to_xcom()

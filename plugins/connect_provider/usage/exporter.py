@@ -2,14 +2,20 @@
 
 Flow, one page and one row group in memory at a time::
 
+    destination checked (before any API call) -> ExportLease (one export of a file at a time)
     hook.iter_usage_record_raw_pages (fetched one page ahead, in a thread)
-      -> PageConverter.convert (Arrow JSON reader, vectorised checks; bad records aside)
+      -> PageConverter.convert (Arrow JSON reader, vectorised checks; bad records aside,
+         unknown fields kept in ``extra``)
       -> StagedParquetWriter (row groups of ``row_group_rows``) + quarantine writer
-      -> checks: records received == Content-Range total, ids unique
+      -> checks: records received == Content-Range total, ids unique,
+         set-aside records <= ``max_bad_record_ratio`` of the records
       -> publish (one move per file) -> manifest entry
 
 Nothing is published unless every check passed: a failed or killed export leaves the previous
-version of the file (if any) in place and only a hidden ``_staging`` file behind.
+version of the file (if any) in place and only a hidden ``_staging`` file behind. In particular a
+change of the records' shape on Connect never turns into a green task with an empty table: unknown
+fields are kept, and records Arrow cannot read past ``max_bad_record_ratio`` (1 % by default) fail
+the export with the counts and the first reasons.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any, Protocol
 
 from connect_provider.enums import UsageFileStatus
@@ -29,6 +36,7 @@ from connect_provider.usage.manifest import ManifestEntry, usage_file_version, v
 from connect_provider.usage.schema import (
     FILE_SCHEMA,
     QUARANTINE_SCHEMA,
+    BadRecord,
     ExportContext,
     PageConverter,
     PageFormatError,
@@ -37,9 +45,12 @@ from connect_provider.usage.schema import (
 from connect_provider.usage.writer import (
     COMPRESSIONS,
     DEFAULT_ROW_GROUP_ROWS,
+    DEFAULT_WAIT_SECONDS,
     DatasetLayout,
+    ExportLease,
     StagedParquetWriter,
     UniqueIdCheck,
+    check_destination,
     check_partition_value,
     iter_parquet_column,
     publish,
@@ -56,6 +67,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 BAD_RECORD_MODES = ("quarantine", "fail")
+#: The share of a file's records that may be set aside before the export fails instead (1 %).
+DEFAULT_MAX_BAD_RECORD_RATIO = 0.01
 DEFAULT_PAGE_SIZE = 1000
 MAX_PAGE_SIZE = 1000
 DEFAULT_STATUSES = (
@@ -92,6 +105,7 @@ class ExportResult:
     version: str
     exported_at: str
     seconds: float
+    unknown_fields: tuple[str, ...] = ()
 
     def to_xcom(self) -> dict[str, Any]:
         """Counts, ids and paths only: XCom never carries record data."""
@@ -111,8 +125,10 @@ def validate_export_options(
     row_group_rows: int = DEFAULT_ROW_GROUP_ROWS,
     compression: str = "zstd",
     on_bad_records: str = "quarantine",
+    max_bad_record_ratio: float | str = DEFAULT_MAX_BAD_RECORD_RATIO,
 ) -> None:
     """Local checks, before any call to Connect; each error names the argument and the fix."""
+    bad_record_ratio(max_bad_record_ratio)
     if usage_file_id is not None:
         check_partition_value("usage_file_id", usage_file_id)
     if isinstance(page_size, bool) or not isinstance(page_size, int) or not 1 <= page_size <= MAX_PAGE_SIZE:
@@ -130,6 +146,50 @@ def validate_export_options(
             "on_bad_records",
             f"{on_bad_records!r}: choose 'quarantine' (set aside) or 'fail' (stop the export)",
         )
+
+
+def bad_record_ratio(value: float | int | str | Decimal) -> float:
+    """``max_bad_record_ratio`` as a float in [0, 1]; a rendered template (``"0.05"``) is accepted."""
+    if isinstance(value, bool):
+        number = None
+    elif isinstance(value, (int, float, Decimal)):
+        number = float(value)
+    elif isinstance(value, str):
+        try:
+            number = float(Decimal(value.strip()))
+        except InvalidOperation:
+            number = None
+    else:
+        number = None
+    if number is None or not 0.0 <= number <= 1.0:
+        raise ConnectValidationError(
+            "max_bad_record_ratio",
+            f"{value!r}: give a number from 0 to 1, the share of a file's records that may be set aside "
+            f"before the export fails (default {DEFAULT_MAX_BAD_RECORD_RATIO}, i.e. 1 %)",
+        )
+    return number
+
+
+class _BadRecords:
+    """Counts the records set aside and keeps the first few reasons for the error message."""
+
+    def __init__(self, keep: int = 3) -> None:
+        self.count = 0
+        self.first: list[BadRecord] = []
+        self.keep = keep
+
+    def add(self, bad: list[BadRecord]) -> None:
+        self.count += len(bad)
+        seen = {b.reason for b in self.first}
+        for record in bad:
+            if len(self.first) >= self.keep:
+                break
+            if record.reason not in seen:
+                self.first.append(record)
+                seen.add(record.reason)
+
+    def reasons(self) -> str:
+        return "; ".join(f"record {b.record_id or '#' + str(b.record_index)}: {b.reason}" for b in self.first)
 
 
 class _Progress:
@@ -225,8 +285,11 @@ def export_usage_pages(
     row_group_rows: int = DEFAULT_ROW_GROUP_ROWS,
     compression: str = "zstd",
     on_bad_records: str = "quarantine",
+    max_bad_record_ratio: float | str = DEFAULT_MAX_BAD_RECORD_RATIO,
     exported_at: datetime | None = None,
     progress_interval: float = 10.0,
+    wait_for_other_export: float = DEFAULT_WAIT_SECONDS,
+    lease: ExportLease | None = None,
     logger: logging.Logger | None = None,
 ) -> ExportResult:
     """Write the records of ``usage_file`` arriving as ``pages`` to the dataset at ``destination``.
@@ -234,11 +297,17 @@ def export_usage_pages(
     The core of the export, with no hook: tests and the benchmark can feed pages from anywhere.
     ``usage_file`` is the usage file object (id, product, period, status, events...) fetched
     before the pages; it places the file in its partition and versions the manifest entry.
+    ``lease`` is the caller's :class:`ExportLease` of this file (else one is taken here, waiting up
+    to ``wait_for_other_export`` seconds for another export of the same file to finish).
     Raises ConnectError (nothing published) when a check fails.
     """
     validate_export_options(
-        row_group_rows=row_group_rows, compression=compression, on_bad_records=on_bad_records
+        row_group_rows=row_group_rows,
+        compression=compression,
+        on_bad_records=on_bad_records,
+        max_bad_record_ratio=max_bad_record_ratio,
     )
+    ratio = bad_record_ratio(max_bad_record_ratio)
     logger = logger or log
     started = time.monotonic()
     try:
@@ -246,15 +315,47 @@ def export_usage_pages(
     except PageFormatError as exc:
         raise ConnectError(str(exc)) from exc
     file_id = context.usage_file_id
-    layout = DatasetLayout(destination)
+    layout = DatasetLayout(check_destination(destination) if lease is None else lease.layout.root)
     final = layout.data_path(context.product_id, context.period, file_id)
     quarantine_final = layout.quarantine_path(context.product_id, context.period, file_id)
-    if layout.remove_stale_staging(file_id):
-        logger.info("%s: removed files a previous, interrupted export left in staging", file_id)
+    if lease is not None and lease.usage_file_id != file_id:
+        raise ConnectError(f"the export lease is for {lease.usage_file_id}, not for {file_id}")
+    own = lease is None
+    if lease is None:
+        lease = ExportLease(layout, file_id, wait_seconds=wait_for_other_export, logger=logger)
+        lease.acquire()
+    try:
+        return _export(
+            pages, usage_file, context, layout, lease, final, quarantine_final,
+            row_group_rows=row_group_rows, compression=compression, on_bad_records=on_bad_records,
+            ratio=ratio, progress_interval=progress_interval, logger=logger, started=started,
+        )  # fmt: skip
+    finally:
+        if own:
+            lease.release()
 
+
+def _export(
+    pages: Iterable[PageLike],
+    usage_file: dict[str, Any],
+    context: ExportContext,
+    layout: DatasetLayout,
+    lease: ExportLease,
+    final: ObjectStoragePath,
+    quarantine_final: ObjectStoragePath,
+    *,
+    row_group_rows: int,
+    compression: str,
+    on_bad_records: str,
+    ratio: float,
+    progress_interval: float,
+    logger: logging.Logger,
+    started: float,
+) -> ExportResult:
+    file_id = context.usage_file_id
     converter = PageConverter(context)
     data = StagedParquetWriter(
-        layout.staging_path(file_id, "data"),
+        layout.staging_path(file_id, "data", token=lease.token),
         FILE_SCHEMA,
         compression=compression,
         row_group_rows=row_group_rows,
@@ -264,7 +365,18 @@ def export_usage_pages(
     progress = _Progress(file_id, logger, progress_interval)
     total: int | None = None
     received = 0
-    quarantined = 0
+    bad = _BadRecords()
+    unknown: set[str] = set()
+
+    def too_many(count: int, base: int) -> ConnectError:
+        return ConnectError(
+            f"{file_id}: {count:,} of {base:,} records ({count / base:.2%}) cannot be exported, more than "
+            f"max_bad_record_ratio={ratio:g} ({ratio:.2%}); nothing was published. First reasons: "
+            f"{bad.reasons()}. So many usually means the records' shape changed on Connect: read the "
+            "reasons, or raise max_bad_record_ratio (up to 1) to publish the good records and quarantine "
+            "the rest"
+        )
+
     logger.info("%s: exporting to %s", file_id, final)
     try:
         for page in pages:
@@ -290,6 +402,15 @@ def export_usage_pages(
                     f"Content-Range announced {page.count}; nothing was published"
                 )
             received += converted.received
+            new_fields = converted.unknown_fields - unknown
+            if new_fields:
+                unknown |= new_fields
+                logger.warning(
+                    "%s: records carry fields this schema does not know (%s); they are kept in the "
+                    "'extra' column (a JSON object by path)",
+                    file_id,
+                    ", ".join(sorted(new_fields)),
+                )
             if converted.bad:
                 if on_bad_records == "fail":
                     first = converted.bad[0]
@@ -298,15 +419,17 @@ def export_usage_pages(
                         f"exported: {first.reason} ({len(converted.bad)} bad on this page). "
                         "on_bad_records='fail' stops the export; use 'quarantine' to set such records aside"
                     )
+                bad.add(converted.bad)
+                if total is not None and total > 0 and bad.count > ratio * total:
+                    raise too_many(bad.count, total)  # past the cap whatever the other pages hold
                 if quarantine is None:
                     quarantine = StagedParquetWriter(
-                        layout.staging_path(file_id, "quarantine"),
+                        layout.staging_path(file_id, "quarantine", token=lease.token),
                         QUARANTINE_SCHEMA,
                         compression=compression,
                         row_group_rows=row_group_rows,
                     )
                 quarantine.write(quarantine_batch(context, converted.bad, datetime.now(timezone.utc)))
-                quarantined += len(converted.bad)
                 logger.warning(
                     "%s: %d record(s) quarantined on the page at offset %d, first: %s",
                     file_id,
@@ -314,7 +437,7 @@ def export_usage_pages(
                     page.offset,
                     converted.bad[0].reason,
                 )
-            ids.add(converted.batch.column(0))
+            ids.add(converted.batch.column("id"))
             data.write(converted.batch)
             progress.update(received, total)
 
@@ -327,6 +450,8 @@ def export_usage_pages(
             )
         if total < 0:
             logger.warning("%s: the server sent no Content-Range; the record count was not checked", file_id)
+        if received and bad.count > ratio * received:
+            raise too_many(bad.count, received)
         data.close()
         if quarantine is not None:
             quarantine.close()
@@ -351,6 +476,7 @@ def export_usage_pages(
             quarantine.discard()
         raise
 
+    quarantined = bad.count
     elapsed = time.monotonic() - started
     version = usage_file_version(usage_file)
     write_entry(
@@ -368,7 +494,9 @@ def export_usage_pages(
             quarantine_path=str(quarantine_final) if quarantine is not None else None,
             exported_at=context.exported_at.isoformat(),
             basis=version_basis(usage_file),
+            unknown_fields=sorted(unknown),
         ),
+        token=lease.token,
     )
     progress.update(received, total, force=True)
     logger.info(
@@ -392,6 +520,7 @@ def export_usage_pages(
         version=version,
         exported_at=context.exported_at.isoformat(),
         seconds=elapsed,
+        unknown_fields=tuple(sorted(unknown)),
     )
 
 
@@ -404,13 +533,18 @@ def export_usage_file(
     row_group_rows: int = DEFAULT_ROW_GROUP_ROWS,
     compression: str = "zstd",
     on_bad_records: str = "quarantine",
+    max_bad_record_ratio: float | str = DEFAULT_MAX_BAD_RECORD_RATIO,
     prefetch_pages: int = 2,
     progress_interval: float = 10.0,
+    wait_for_other_export: float = DEFAULT_WAIT_SECONDS,
     logger: logging.Logger | None = None,
 ) -> ExportResult:
     """Export every record of one usage file to ``destination`` (default ``data_dir()/usage_records``).
 
-    One call to read the usage file (partition, version), then its record pages streamed through
+    Everything that can be checked locally is, before any call to Connect: the options, the
+    usage file id and the destination (a scheme with no filesystem here, or an existing file, is
+    refused). Then the file's lease is taken (another export of the same file is waited for), one
+    call reads the usage file (partition, version), and its record pages stream through
     :func:`export_usage_pages`. This is what ``ConnectUsageRecordsToParquetOperator`` runs and what
     the benchmark measures.
     """
@@ -421,35 +555,40 @@ def export_usage_file(
         row_group_rows=row_group_rows,
         compression=compression,
         on_bad_records=on_bad_records,
+        max_bad_record_ratio=max_bad_record_ratio,
     )
-    usage_file = hook.get_usage_file(usage_file_id)
-    pages = hook.iter_usage_record_raw_pages(usage_file_id, page_size=page_size)
-    seen_pages = 0
+    layout = DatasetLayout(check_destination(destination))
+    with ExportLease(layout, usage_file_id, wait_seconds=wait_for_other_export, logger=logger) as lease:
+        usage_file = hook.get_usage_file(usage_file_id)
+        pages = hook.iter_usage_record_raw_pages(usage_file_id, page_size=page_size)
+        seen_pages = 0
 
-    def counted() -> Iterator[PageLike]:
-        nonlocal seen_pages
-        for page in pages:
-            seen_pages += 1
-            yield page
-        if seen_pages == 0:
-            # The hook yields nothing for an empty listing: confirm the total really is 0.
-            total = hook.count("/usage/records", query=records_query(usage_file_id))
-            if total:
-                raise ConnectError(
-                    f"{usage_file_id}: the listing returned no records but Content-Range counts {total}; "
-                    "nothing was published"
-                )
+        def counted() -> Iterator[PageLike]:
+            nonlocal seen_pages
+            for page in pages:
+                seen_pages += 1
+                yield page
+            if seen_pages == 0:
+                # The hook yields nothing for an empty listing: confirm the total really is 0.
+                total = hook.count("/usage/records", query=records_query(usage_file_id))
+                if total:
+                    raise ConnectError(
+                        f"{usage_file_id}: the listing returned no records but Content-Range counts "
+                        f"{total}; nothing was published"
+                    )
 
-    return export_usage_pages(
-        prefetch(counted(), prefetch_pages),
-        usage_file,
-        destination,
-        row_group_rows=row_group_rows,
-        compression=compression,
-        on_bad_records=on_bad_records,
-        progress_interval=progress_interval,
-        logger=logger,
-    )
+        return export_usage_pages(
+            prefetch(counted(), prefetch_pages),
+            usage_file,
+            layout.root,
+            row_group_rows=row_group_rows,
+            compression=compression,
+            on_bad_records=on_bad_records,
+            max_bad_record_ratio=max_bad_record_ratio,
+            progress_interval=progress_interval,
+            lease=lease,
+            logger=logger,
+        )
 
 
 def records_query(usage_file_id: str) -> str:

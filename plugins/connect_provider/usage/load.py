@@ -18,6 +18,7 @@ import io
 import json
 import logging
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +30,7 @@ import pyarrow.parquet as pq
 from connect_provider.config import data_dir
 from connect_provider.exceptions import ConnectValidationError
 from connect_provider.usage.manifest import ManifestEntry, read_all
-from connect_provider.usage.schema import FILE_SCHEMA, USAGE_RECORD_SCHEMA
+from connect_provider.usage.schema import FILE_SCHEMA, SCHEMA_VERSION, USAGE_RECORD_SCHEMA
 from connect_provider.usage.writer import DatasetLayout
 
 log = logging.getLogger(__name__)
@@ -56,9 +57,58 @@ def _sql_type(type_: pa.DataType, dialect: str) -> str:
         return "TIMESTAMPTZ"
     if pa.types.is_int64(type_):
         return "BIGINT"
+    if pa.types.is_struct(type_):
+        if dialect != "duckdb":
+            return "JSONB"
+        return "STRUCT(" + ", ".join(f"{f.name} {_sql_type(f.type, dialect)}" for f in type_) + ")"
     if pa.types.is_list(type_):
-        return "STRUCT(name VARCHAR, value VARCHAR)[]" if dialect == "duckdb" else "JSONB"
+        return f"{_sql_type(type_.value_type, dialect)}[]" if dialect == "duckdb" else "JSONB"
     raise TypeError(f"no SQL type for {type_}")
+
+
+def _nested(type_: pa.DataType) -> bool:
+    return pa.types.is_struct(type_) or pa.types.is_list(type_)
+
+
+def check_table_columns(dialect: str, existing: list[tuple[str, str]]) -> None:
+    """Refuse a records table of another schema version, naming the difference and the fix.
+
+    ``existing`` is ``(column, SQL type)`` as the database reports it. The table is derived data
+    (every row comes back from the dataset on the next load), so the fix is to drop it; nothing
+    here drops a table the data team may have built on.
+    """
+    if not existing:
+        return
+    expected = {f.name: _sql_type(f.type, dialect) for f in USAGE_RECORD_SCHEMA}
+    have = {name: type_ for name, type_ in existing}
+    missing = [n for n in expected if n not in have]
+    unknown = [n for n in have if n not in expected]
+
+    def canonical(type_: str) -> str:
+        text = type_.upper().replace('"', "").replace(" ", "").replace("TIMESTAMPTZ", "TIMESTAMPWITHTIMEZONE")
+        # PostgreSQL's information_schema reports NUMERIC without its precision.
+        return re.sub(r"^NUMERIC\(.*\)$", "NUMERIC", text) if dialect != "duckdb" else text
+
+    def same(name: str) -> bool:
+        return canonical(have[name]) == canonical(expected[name])
+
+    changed = [n for n in expected if n in have and not same(n)]
+    if missing or unknown or changed:
+        parts = [
+            f"{label}: {', '.join(names)}"
+            for label, names in (
+                ("missing", missing),
+                ("not in the schema", unknown),
+                ("of another type", changed),
+            )
+            if names
+        ]
+        raise ConnectValidationError(
+            USAGE_TABLE,
+            f"the table was made for another version of the usage schema ({'; '.join(parts)}; this is "
+            f"schema version {SCHEMA_VERSION}). Drop {USAGE_TABLE} and {LOADS_TABLE}: the next load "
+            "fills them again from the dataset",
+        )
 
 
 def create_table_sql(dialect: str) -> list[str]:
@@ -116,6 +166,12 @@ class DuckDBTarget(LoadTarget):
         self.path = Path(path) if path else default_duckdb_path()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.con = duckdb.connect(str(self.path))
+        existing = self.con.execute(
+            "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = ? "
+            "ORDER BY ordinal_position",
+            [USAGE_TABLE],
+        ).fetchall()
+        check_table_columns(self.dialect, existing)
         for statement in create_table_sql(self.dialect):
             self.con.execute(statement)
 
@@ -175,6 +231,12 @@ class PostgresTarget(LoadTarget):
             dbname=conn.schema or None,
         )
         with self.con, self.con.cursor() as cur:
+            cur.execute(
+                "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = %s "
+                "AND table_schema = current_schema() ORDER BY ordinal_position",
+                (USAGE_TABLE,),
+            )
+            check_table_columns(self.dialect, cur.fetchall())
             for statement in create_table_sql(self.dialect):
                 cur.execute(statement)
 
@@ -185,17 +247,17 @@ class PostgresTarget(LoadTarget):
 
     @staticmethod
     def _csv(table: pa.Table) -> io.StringIO:
-        """Rows as CSV text for COPY: decimals as exact text, timestamps ISO, params as JSON."""
+        """Rows as CSV text for COPY: decimals as exact text, timestamps ISO, params and category as JSON."""
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
         columns = [table.column(c).to_pylist() for c in COLUMNS]
-        params_index = COLUMNS.index("params")
+        as_json = {i for i, c in enumerate(COLUMNS) if _nested(USAGE_RECORD_SCHEMA.field(c).type)}
         for row in zip(*columns, strict=True):
             values: list[Any] = []
             for i, value in enumerate(row):
                 if value is None:
                     values.append(r"\N")
-                elif i == params_index:
+                elif i in as_json:
                     values.append(json.dumps(value, ensure_ascii=False))
                 elif hasattr(value, "isoformat"):
                     values.append(value.isoformat())
@@ -239,9 +301,13 @@ class LoadSummary:
     loaded: list[str] = field(default_factory=list)
     rows: int = 0
     unchanged: int = 0
+    stale: int = 0  # exports of another schema version, waiting to be exported again
 
     def to_dict(self) -> dict[str, Any]:
-        return {"loaded": self.loaded, "rows": self.rows, "unchanged": self.unchanged}
+        out: dict[str, Any] = {"loaded": self.loaded, "rows": self.rows, "unchanged": self.unchanged}
+        if self.stale:
+            out["stale"] = self.stale
+        return out
 
 
 def load_exports(
@@ -260,6 +326,17 @@ def load_exports(
     done = target.loaded_versions()
     summary = LoadSummary()
     for entry in entries:
+        if entry.schema_version != SCHEMA_VERSION:
+            # Its data file has the columns of another schema version; the export DAG exports it
+            # again (needs_export), and the load after that takes it.
+            log.warning(
+                "%s: exported with usage schema version %s, not %s; it is loaded once it is exported again",
+                entry.usage_file_id,
+                entry.schema_version,
+                SCHEMA_VERSION,
+            )
+            summary.stale += 1
+            continue
         if not force and done.get(entry.usage_file_id) == (entry.version, entry.exported_at):
             summary.unchanged += 1
             continue

@@ -64,6 +64,8 @@ class ManifestEntry:
     schema_version: int = SCHEMA_VERSION
     basis: dict[str, Any] = field(default_factory=dict)
     format: int = MANIFEST_FORMAT
+    #: Paths of record fields the schema did not know (kept in the ``extra`` column).
+    unknown_fields: list[str] = field(default_factory=list)
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), indent=2, sort_keys=True, default=str).encode()
@@ -101,10 +103,11 @@ def read_all(layout: DatasetLayout) -> list[ManifestEntry]:
     return sorted(entries, key=lambda e: e.usage_file_id)
 
 
-def write_entry(layout: DatasetLayout, entry: ManifestEntry) -> None:
-    """Record an export; atomic, so a reader sees the previous entry or this one."""
+def write_entry(layout: DatasetLayout, entry: ManifestEntry, token: str | None = None) -> None:
+    """Record an export; atomic, so a reader sees the previous entry or this one. ``token`` is the
+    export's lease token, so that no other export's cleanup takes the staged entry for litter."""
     final = layout.manifest_path(entry.usage_file_id)
-    staged = layout.staging_path(entry.usage_file_id, "manifest", suffix="json")
+    staged = layout.staging_path(entry.usage_file_id, "manifest", suffix="json", token=token)
     write_bytes_atomically(final, entry.to_json(), staged)
 
 

@@ -26,7 +26,7 @@ from airflow.sdk import Asset
 from connect_provider.usage.exporter import DEFAULT_STATUSES, list_usage_files, validate_statuses
 from connect_provider.usage.load import LoadSummary, load_exports, make_target
 from connect_provider.usage.manifest import select_for_export
-from connect_provider.usage.writer import DatasetLayout, check_partition_value
+from connect_provider.usage.writer import DatasetLayout, check_destination, check_partition_value
 
 if TYPE_CHECKING:
     from connect_provider.hooks.connect import ConnectHook
@@ -84,6 +84,7 @@ def plan_exports(
     says; otherwise the usage files in ``statuses`` that are new or changed since their export.
     """
     target = resolve_destination(destination)
+    check_destination(target)  # before any call to Connect: a bad destination costs nothing there
     if usage_file_id:
         file_id = check_partition_value("usage_file_id", str(usage_file_id).strip())
         hook.get_usage_file(file_id)  # fails early, with Connect's 404, on a wrong id
@@ -128,6 +129,7 @@ def load_from_events(events: Iterable[Any]) -> dict[str, Any]:
             total.loaded.extend(summary.loaded)
             total.rows += summary.rows
             total.unchanged += summary.unchanged
+            total.stale += summary.stale
     finally:
         target.close()
     return total.to_dict()

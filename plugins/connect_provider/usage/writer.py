@@ -6,7 +6,8 @@ Layout under the destination (a local path or any URI ``ObjectStoragePath`` know
     <dest>/product_id=<PRD-...>/period=<YYYY-MM>/usage_file_id=<UF-...>.parquet   the data
     <dest>/_quarantine/product_id=.../period=.../usage_file_id=<UF-...>.parquet  set-aside records
     <dest>/_manifest/<UF-...>.json                                               what was exported
-    <dest>/_staging/<UF-...>.<kind>.<uuid>.parquet                                being written
+    <dest>/_staging/<UF-...>.<kind>.<token>.parquet                               being written
+    <dest>/_staging/<UF-...>.owner.<token>.json                                   a running export
 
 Everything that is not data sits under a name starting with ``_``: pyarrow/pandas dataset
 discovery skips such directories, and the documented DuckDB/Spark glob
@@ -18,14 +19,28 @@ a local disk the move is a ``rename`` (atomic, replaces the target); on S3 the o
 whole when its copy completes. A killed export leaves only a ``_staging`` file, which no reader
 sees and the next export of the same usage file removes. Only ``ObjectStoragePath``/fsspec
 operations are used, never ``os.*``, so the same code runs against any store.
+
+One export of a usage file at a time (:class:`ExportLease`). Every export has an owner token;
+everything it stages carries it, and while it runs it keeps ``<UF>.owner.<token>.json`` fresh
+(a heartbeat thread rewrites it every ``HEARTBEAT_SECONDS``). A second export of the same file
+waits while an earlier owner is alive, then goes on; after ``wait_seconds`` it stops with
+"another export of UF-... is running". Cleanup removes only staged files whose owner is not alive:
+its heartbeat is older than ``STALE_AFTER_SECONDS`` or, on the same host, its process is gone.
+The marker is an ordinary object written by a move, so the same rules hold on an object store.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import re
+import socket
+import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import PurePath
 from typing import Any
 
@@ -36,15 +51,20 @@ import pyarrow.parquet as pq
 from airflow.sdk import ObjectStoragePath
 
 from connect_provider.config import data_dir
-from connect_provider.exceptions import ConnectValidationError
+from connect_provider.exceptions import ConnectError, ConnectValidationError
 from connect_provider.usage.schema import MEMORY_POOL
+
+log = logging.getLogger(__name__)
 
 STAGING_DIR = "_staging"
 QUARANTINE_DIR = "_quarantine"
 MANIFEST_DIR = "_manifest"
 # Rows buffered before a row group is written: the exporter's peak memory. Measured at 1,000,000
 # records (BENCHMARKS.md): 32,768 rows peaked at 251-256 MB, 25,000 at 235 MB for 0.6 % more bytes.
-DEFAULT_ROW_GROUP_ROWS = 25_000
+# The real record shape (schema 2: category struct, asset_recon_id, extra) is wider: at 25,000 rows
+# it peaked at 235-238 MB against 225-228 MB before; 20,000 rows bring it back to 226-228 MB for
+# 0.5 % more bytes (200,000 records, BENCHMARKS.md).
+DEFAULT_ROW_GROUP_ROWS = 20_000
 COMPRESSIONS = ("zstd", "snappy", "gzip", "lz4", "brotli", "none")
 _SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
@@ -103,22 +123,39 @@ class DatasetLayout:
     def manifest_path(self, usage_file_id: str) -> ObjectStoragePath:
         return self.manifest_dir() / f"{check_partition_value('usage_file_id', usage_file_id)}.json"
 
-    def staging_path(self, usage_file_id: str, kind: str, suffix: str = "parquet") -> ObjectStoragePath:
-        check_partition_value("usage_file_id", usage_file_id)
-        return self.root / STAGING_DIR / f"{usage_file_id}.{kind}.{uuid.uuid4().hex}.{suffix}"
+    def staging_dir(self) -> ObjectStoragePath:
+        return self.root / STAGING_DIR
 
-    def remove_stale_staging(self, usage_file_id: str) -> int:
-        """Delete what a killed export of this usage file left in ``_staging``; returns the count."""
-        staging = self.root / STAGING_DIR
+    def staging_path(
+        self, usage_file_id: str, kind: str, suffix: str = "parquet", token: str | None = None
+    ) -> ObjectStoragePath:
+        """A staged file of one export: ``<UF>.<kind>.<token>.<suffix>`` (a fresh token if none)."""
+        check_partition_value("usage_file_id", usage_file_id)
+        return self.staging_dir() / f"{usage_file_id}.{kind}.{token or new_token()}.{suffix}"
+
+    def remove_stale_staging(self, usage_file_id: str, live_tokens: Iterable[str] = ()) -> int:
+        """Delete what dead exports of this usage file left in ``_staging``; returns the count.
+
+        A file whose owner token is in ``live_tokens`` belongs to a running export and is kept.
+        """
+        staging = self.staging_dir()
         if not staging.exists():
             return 0
+        keep = set(live_tokens)
         removed = 0
         prefix = f"{check_partition_value('usage_file_id', usage_file_id)}."
         for leftover in staging.iterdir():
-            if leftover.name.startswith(prefix):
+            name = leftover.name
+            parts = name[len(prefix) :].split(".") if name.startswith(prefix) else []
+            if len(parts) == 3 and parts[1] not in keep:  # <kind>.<token>.<suffix> of this file
                 leftover.unlink(missing_ok=True)
                 removed += 1
         return removed
+
+
+def new_token() -> str:
+    """An export's owner token: unique, and a single path segment."""
+    return uuid.uuid4().hex
 
 
 def publish(staged: ObjectStoragePath, final: ObjectStoragePath) -> None:
@@ -138,6 +175,277 @@ def write_bytes_atomically(final: ObjectStoragePath, data: bytes, staged: Object
     with staged.open("wb") as handle:
         handle.write(data)
     publish(staged, final)
+
+
+_PROVIDERS = {
+    "s3": "apache-airflow-providers-amazon",
+    "s3a": "apache-airflow-providers-amazon",
+    "gs": "apache-airflow-providers-google",
+    "gcs": "apache-airflow-providers-google",
+    "abfs": "apache-airflow-providers-microsoft-azure",
+    "abfss": "apache-airflow-providers-microsoft-azure",
+    "adl": "apache-airflow-providers-microsoft-azure",
+    "az": "apache-airflow-providers-microsoft-azure",
+    "sftp": "apache-airflow-providers-sftp",
+    "ftp": "apache-airflow-providers-ftp",
+    "hdfs": "apache-airflow-providers-apache-hdfs",
+    "webhdfs": "apache-airflow-providers-apache-hdfs",
+}
+
+
+def check_destination(destination: str | os.PathLike[str] | ObjectStoragePath | None) -> ObjectStoragePath:
+    """The destination as ObjectStoragePath, refused (naming ``destination`` and the fix) when its
+    scheme has no filesystem here or when it is an existing file. Called before any API call, so
+    a typo costs nothing on Connect."""
+    shown = str(destination)
+    try:
+        root = as_storage_path(destination)
+    except (ValueError, TypeError) as exc:
+        raise ConnectValidationError(
+            "destination",
+            f"{shown!r} cannot be written: {exc}. Give a local folder, a file:// URI, or a URI whose "
+            "filesystem is installed (e.g. s3:// with apache-airflow-providers-amazon)",
+        ) from None
+    try:
+        root.fs  # noqa: B018 - resolving the filesystem is the check
+    except (ValueError, ImportError, KeyError) as exc:
+        scheme = root.protocol or "file"
+        provider = _PROVIDERS.get(scheme)
+        fix = (
+            f"install {provider} (it registers the {scheme}:// filesystem)"
+            if provider
+            else "use a local folder, file://, or a scheme whose Airflow provider is installed"
+        )
+        raise ConnectValidationError(
+            "destination", f"{shown!r}: no filesystem for the scheme {scheme!r} here ({exc}); {fix}"
+        ) from None
+    try:
+        is_file = root.is_file()
+    except Exception as exc:  # the store answers with its own errors (credentials, network)
+        raise ConnectValidationError(
+            "destination", f"{shown!r} cannot be reached: {type(exc).__name__}: {exc}"
+        ) from None
+    if is_file:
+        raise ConnectValidationError(
+            "destination",
+            f"{shown!r} is an existing file; give the folder the dataset lives in "
+            f"(e.g. {str(root.parent / 'usage_records')!r})",
+        )
+    return root
+
+
+# ---------------------------------------------------------------------------------------------
+# One export of a usage file at a time (see the module docstring).
+HEARTBEAT_SECONDS = 15.0
+STALE_AFTER_SECONDS = 120.0
+DEFAULT_WAIT_SECONDS = 900.0
+_OWNER_KIND = "owner"
+
+
+def _host_identity() -> str:
+    """This host, as far as process ids mean anything: the host name and, on Linux, the pid
+    namespace (two containers may share a host name, never a pid namespace)."""
+    try:
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        namespace = ""
+    return f"{socket.gethostname()}{'/' + namespace if namespace else ''}"
+
+
+_HOST = _host_identity()
+
+
+@dataclass(frozen=True)
+class Owner:
+    """What an export's owner marker says about it."""
+
+    token: str
+    usage_file_id: str
+    host: str
+    pid: int
+    started_at: float
+    heartbeat_at: float
+    path: str
+
+    def alive(self, now: float, stale_after: float) -> bool:
+        """Alive: a fresh heartbeat, and (on this host) a process that still exists."""
+        if self.host == _HOST and self.pid != os.getpid() and not _pid_exists(self.pid):
+            return False
+        return now - self.heartbeat_at <= stale_after
+
+    def describe(self, now: float) -> str:
+        running = max(now - self.started_at, 0)
+        beat = max(now - self.heartbeat_at, 0)
+        return (
+            f"owner {self.token[:8]} on {self.host} (pid {self.pid}), running for {running:.0f} s, "
+            f"last heartbeat {beat:.0f} s ago"
+        )
+
+
+def _pid_exists(pid: int) -> bool:
+    """Whether a process of this host exists (a liveness shortcut only; the lease itself is the file)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: it exists, owned by someone else
+        return True
+    return True
+
+
+class ExportLease:
+    """Ownership of one usage file's export under one destination, as an owner marker in ``_staging``.
+
+    ``acquire()`` writes the marker, waits (up to ``wait_seconds``) while an earlier live owner
+    exists, starts the heartbeat and removes what dead owners left. ``release()`` stops the
+    heartbeat and deletes the marker. Use it as a context manager.
+    """
+
+    def __init__(
+        self,
+        layout: DatasetLayout,
+        usage_file_id: str,
+        *,
+        wait_seconds: float = DEFAULT_WAIT_SECONDS,
+        heartbeat_seconds: float = HEARTBEAT_SECONDS,
+        stale_after_seconds: float = STALE_AFTER_SECONDS,
+        poll_seconds: float = 1.0,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        self.layout = layout
+        self.usage_file_id = check_partition_value("usage_file_id", usage_file_id)
+        self.token = new_token()
+        self.wait_seconds = wait_seconds
+        self.heartbeat_seconds = heartbeat_seconds
+        self.stale_after_seconds = stale_after_seconds
+        self.poll_seconds = poll_seconds
+        self.log = logger or log
+        self.started_at = 0.0
+        self.marker = layout.staging_path(self.usage_file_id, _OWNER_KIND, "json", token=self.token)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.acquired = False
+
+    def __enter__(self) -> ExportLease:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def _write_marker(self) -> None:
+        body = {
+            "token": self.token,
+            "usage_file_id": self.usage_file_id,
+            "host": _HOST,
+            "pid": os.getpid(),
+            "started_at": self.started_at,
+            "heartbeat_at": time.time(),
+        }
+        tmp = self.layout.staging_path(self.usage_file_id, "heartbeat", "json", token=self.token)
+        write_bytes_atomically(self.marker, json.dumps(body).encode(), tmp)
+
+    def owners(self) -> list[Owner]:
+        """Every owner marker of this usage file (ours included)."""
+        staging = self.layout.staging_dir()
+        if not staging.exists():
+            return []
+        prefix = f"{self.usage_file_id}.{_OWNER_KIND}."
+        found = []
+        for path in staging.iterdir():
+            name = path.name
+            parts = name[len(prefix) :].split(".") if name.startswith(prefix) else []
+            if len(parts) != 2 or parts[1] != "json":
+                continue
+            token = parts[0]
+            try:
+                raw = json.loads(path.read_bytes())
+                found.append(
+                    Owner(
+                        token=token,
+                        usage_file_id=self.usage_file_id,
+                        host=str(raw["host"]),
+                        pid=int(raw["pid"]),
+                        started_at=float(raw["started_at"]),
+                        heartbeat_at=float(raw["heartbeat_at"]),
+                        path=str(path),
+                    )
+                )
+            except FileNotFoundError:
+                continue  # released while we listed
+            except (ValueError, KeyError, TypeError):
+                # Unreadable (markers are written by a move, so this is not a half-written one):
+                # treated as alive, so that nothing of a running export is ever deleted.
+                now = time.time()
+                found.append(Owner(token, self.usage_file_id, "?", -1, now, now, str(path)))
+        return found
+
+    def acquire(self) -> None:
+        self.started_at = time.time()
+        self._write_marker()
+        self.acquired = True
+        deadline = time.monotonic() + self.wait_seconds
+        me = (self.started_at, self.token)
+        told = False
+        beat = time.monotonic()
+        try:
+            while True:
+                now = time.time()
+                others = [o for o in self.owners() if o.token != self.token]
+                live = [o for o in others if o.alive(now, self.stale_after_seconds)]
+                earlier = [o for o in live if (o.started_at, o.token) < me]
+                if not earlier:
+                    break
+                if time.monotonic() >= deadline:
+                    first = min(earlier, key=lambda o: (o.started_at, o.token))
+                    raise ConnectError(
+                        f"another export of {self.usage_file_id} is running ({first.describe(now)}) into "
+                        f"{self.layout.root}; this one waited {self.wait_seconds:.0f} s and stops without "
+                        "changing anything. Run it again when that export has finished; if that export is "
+                        f"dead, delete {first.path}"
+                    )
+                if not told:
+                    self.log.info(
+                        "%s: another export is running (%s); waiting for it to finish",
+                        self.usage_file_id,
+                        earlier[0].describe(now),
+                    )
+                    told = True
+                if time.monotonic() - beat >= self.heartbeat_seconds:
+                    self._write_marker()  # still waiting: not stale
+                    beat = time.monotonic()
+                time.sleep(self.poll_seconds)
+            self._thread = threading.Thread(
+                target=self._beat, name=f"usage-export-lease-{self.usage_file_id}", daemon=True
+            )
+            self._thread.start()
+            live_tokens = {o.token for o in self.owners() if o.alive(time.time(), self.stale_after_seconds)}
+            live_tokens.add(self.token)
+            if self.layout.remove_stale_staging(self.usage_file_id, live_tokens):
+                self.log.info("%s: removed files an interrupted export left in staging", self.usage_file_id)
+        except BaseException:
+            self.release()
+            raise
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.heartbeat_seconds):
+            try:
+                self._write_marker()
+            except Exception as exc:  # a transient store error: the next beat tries again
+                self.log.warning("%s: heartbeat not written: %s", self.usage_file_id, exc)
+
+    def release(self) -> None:
+        """Stop the heartbeat and delete the marker (idempotent)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+            self._thread = None
+        if self.acquired:
+            self.acquired = False
+            try:
+                self.marker.unlink(missing_ok=True)
+            except Exception as exc:  # it goes stale on its own
+                self.log.warning("%s: owner marker %s not removed: %s", self.usage_file_id, self.marker, exc)
 
 
 class StagedParquetWriter:

@@ -98,3 +98,89 @@ def test_a_bad_usage_file_id_is_refused_before_any_call(tmp_path: Path) -> None:
     op = ConnectUsageRecordsToParquetOperator(task_id="x", usage_file_id="../UF-1", destination=str(tmp_path))
     with pytest.raises(ConnectValidationError, match="usage_file_id"):
         op.execute({})
+
+
+def api_calls(sandbox) -> int:
+    return sandbox.admin("GET", "stats")["calls"]
+
+
+class TestTheDestinationIsCheckedBeforeAnyCall:
+    @pytest.mark.parametrize(
+        ("destination", "fix"),
+        [
+            ("foo://bucket/usage", r"Give a local folder, a file:// URI"),
+            ("s3://billing-lake/usage", r"install apache-airflow-providers-amazon"),
+            ("gs://billing-lake/usage", r"install apache-airflow-providers-google"),
+            ("abfs://lake/usage", r"install apache-airflow-providers-microsoft-azure"),
+            ("http://example.com/usage", r"a scheme whose Airflow provider is installed"),
+        ],
+        ids=["unknown-scheme", "s3-without-provider", "gs-without-provider", "abfs-without-provider", "http"],
+    )
+    def test_a_destination_without_a_filesystem_here_is_refused_naming_it_and_the_fix(
+        self, sandbox, destination: str, fix: str
+    ) -> None:
+        op = ConnectUsageRecordsToParquetOperator(
+            task_id="x", usage_file_id=READY_FILE, destination=destination
+        )
+        with pytest.raises(ConnectValidationError, match=rf"^destination: '{destination}'.*{fix}"):
+            op.execute({})
+        assert api_calls(sandbox) == 0
+
+    def test_a_destination_that_is_an_existing_file_is_refused(self, sandbox, tmp_path: Path) -> None:
+        existing = tmp_path / "usage.parquet"
+        existing.write_bytes(b"PAR1")
+        op = ConnectUsageRecordsToParquetOperator(
+            task_id="x", usage_file_id=READY_FILE, destination=str(existing)
+        )
+        with pytest.raises(
+            ConnectValidationError, match=r"^destination: .*is an existing file; give the folder"
+        ):
+            op.execute({})
+        assert api_calls(sandbox) == 0
+        assert existing.read_bytes() == b"PAR1"
+
+    def test_the_export_dag_plan_refuses_it_before_listing_usage_files(self, sandbox) -> None:
+        from connect_provider.hooks.connect import ConnectHook
+        from connect_provider.usage import pipeline
+
+        with pytest.raises(ConnectValidationError, match=r"^destination: 's3://lake/u'"):
+            pipeline.plan_exports(ConnectHook(), destination="s3://lake/u")
+        assert api_calls(sandbox) == 0
+
+
+class TestMaxBadRecordRatioOfTheOperator:
+    def test_it_is_a_templated_field_validated_once_rendered(self, sandbox, tmp_path: Path) -> None:
+        op = ConnectUsageRecordsToParquetOperator(
+            task_id="x",
+            usage_file_id=READY_FILE,
+            destination=str(tmp_path),
+            max_bad_record_ratio="{{ params.max_bad_record_ratio }}",
+        )
+        assert "max_bad_record_ratio" in op.template_fields
+        op.max_bad_record_ratio = "0.05"  # what rendering leaves
+        assert op.execute({})["rows"] == 50
+        op.max_bad_record_ratio = "5%"
+        with pytest.raises(ConnectValidationError, match="max_bad_record_ratio"):
+            op.execute({})
+
+    @pytest.mark.parametrize("value", [2, -1, "x"], ids=["above-1", "negative", "text"])
+    def test_a_bad_value_is_refused_when_the_dag_is_parsed(self, value: object) -> None:
+        with pytest.raises(ConnectValidationError, match="max_bad_record_ratio"):
+            ConnectUsageRecordsToParquetOperator(
+                task_id="x", usage_file_id=READY_FILE, max_bad_record_ratio=value
+            )
+
+    def test_the_sandboxs_edge_file_exports_whole_in_the_real_shape(self, sandbox, tmp_path: Path) -> None:
+        result = ConnectUsageRecordsToParquetOperator(
+            task_id="x", usage_file_id=EDGE_FILE, destination=str(tmp_path), max_bad_record_ratio=0
+        ).execute({})
+        assert (result["rows"], result["quarantined"]) == (30, 0)
+        table = pq.read_table(result["path"])
+        assert set(table.column("extra").to_pylist()) == {None}
+        first = table.slice(0, 1).to_pylist()[0]
+        assert first["category"] == {
+            "id": "backup_storage",
+            "name": "Backup storage — 保管庫",
+            "description": None,
+        }
+        assert first["asset_recon_id"] and first["external_billing_id"] == "INV-2026-09-0000"

@@ -80,7 +80,7 @@ def test_a_single_record_file_is_exported(dest: Path) -> None:
 
 def test_bad_records_go_to_a_quarantine_file_with_raw_json_and_reason(dest: Path) -> None:
     records = [record(0), record(1, usage="n/a"), record(2, amount=Decimal("1" + "0" * 30)), record(3)]
-    result = export_usage_pages(pages(records, page_size=2), usage_file(), dest)
+    result = export_usage_pages(pages(records, page_size=2), usage_file(), dest, max_bad_record_ratio=1)
     assert (result.rows, result.quarantined) == (2, 2)
     assert result.quarantine_path is not None and "quarantine" in result.quarantine_path
     quarantine = pq.read_table(result.quarantine_path)
@@ -215,7 +215,7 @@ def test_a_killed_export_leaves_no_file_a_reader_can_see_and_a_rerun_publishes(
 
 
 def test_a_rerun_replaces_the_file_and_clears_an_outdated_quarantine(dest: Path) -> None:
-    export_usage_pages(pages([record(0), record(1, usage="x")]), usage_file(), dest)
+    export_usage_pages(pages([record(0), record(1, usage="x")]), usage_file(), dest, max_bad_record_ratio=1)
     quarantine = dest / "_quarantine" / DATA_REL
     assert quarantine.exists()
     again = export_usage_pages(pages([record(i) for i in range(5)]), usage_file(status="accepted"), dest)
@@ -246,7 +246,9 @@ def _two_files(dest: Path) -> None:
         ),
         dest,
     )
-    export_usage_pages(pages([record(0), record(1, usage="x")]), usage_file(), dest)  # with a quarantine
+    export_usage_pages(  # with a quarantine
+        pages([record(0), record(1, usage="x")]), usage_file(), dest, max_bad_record_ratio=1
+    )
 
 
 def test_pyarrow_reads_the_dataset_with_its_partitions(dest: Path) -> None:
@@ -342,3 +344,96 @@ def test_an_object_store_destination_is_written_through_object_storage_path_alon
     assert ObjectStoragePath(f"{root}/_manifest/{FILE_ID}.json").exists()
     staging = ObjectStoragePath(f"{root}/_staging")
     assert not staging.exists() or list(staging.iterdir()) == []
+
+
+# ---------------------------------------------------------------------------------------------
+def nothing_published(dest: Path) -> bool:
+    """No data file, no quarantine file, no manifest entry, nothing left in staging."""
+    quarantined = list((dest / "_quarantine").rglob("*.parquet")) if (dest / "_quarantine").exists() else []
+    return (
+        visible_parquet(dest) == []
+        and quarantined == []
+        and read_entry(DatasetLayout(dest), FILE_ID) is None
+        and staged(dest) == []
+    )
+
+
+class TestMaxBadRecordRatio:
+    @pytest.mark.parametrize(
+        ("bad", "total", "ratio"),
+        [(2, 100, 0.01), (1, 50, 0.01), (1, 1000, 0), (40, 1000, 0.03)],
+        ids=["2-of-100-default", "1-of-50-default", "any-with-ratio-0", "4pct-with-3pct"],
+    )
+    def test_past_the_cap_the_export_fails_with_counts_and_reasons_and_publishes_nothing(
+        self, dest: Path, bad: int, total: int, ratio: float
+    ) -> None:
+        records = [record(i, usage="n/a") if i % (total // bad) == 1 else record(i) for i in range(total)]
+        assert sum(r["usage"] == "n/a" for r in records) == bad
+        kwargs = {} if ratio == 0.01 else {"max_bad_record_ratio": ratio}
+        with pytest.raises(ConnectError) as caught:
+            export_usage_pages(pages(records, page_size=100), usage_file(), dest, **kwargs)
+        message = str(caught.value)
+        assert "nothing was published" in message and f"max_bad_record_ratio={ratio:g}" in message
+        assert "field usage: The string 'n/a' is not a valid decimal128 number" in message
+        assert "record UR-2026-10-0000000042-0000001" in message
+        assert nothing_published(dest)
+
+    def test_the_count_in_the_message_is_the_files(self, dest: Path) -> None:
+        records = [record(i, usage="x") if i < 5 else record(i) for i in range(100)]
+        with pytest.raises(ConnectError, match=r"5 of 100 records \(5\.00%\) cannot be exported"):
+            export_usage_pages(pages(records, page_size=100), usage_file(), dest)
+
+    def test_at_or_below_the_cap_bad_records_are_quarantined_as_before(self, dest: Path) -> None:
+        records = [record(i, usage="x") if i == 7 else record(i) for i in range(100)]
+        result = export_usage_pages(pages(records, page_size=30), usage_file(), dest)
+        assert (result.rows, result.quarantined) == (99, 1)
+        assert pq.read_table(result.quarantine_path).column("record_index").to_pylist() == [7]
+        assert visible_parquet(dest) == [DATA_REL]
+
+    def test_a_type_change_of_every_record_fails_loudly_instead_of_an_empty_table(self, dest: Path) -> None:
+        # What the real API did to the old schema: every record set aside, a green task, 0 rows.
+        records = [record(i, item=f"PRD-276-377-545-000{i % 2}") for i in range(500)]
+        with pytest.raises(ConnectError, match=r"500 of 500 records \(100\.00%\).*field item"):
+            export_usage_pages(pages(records), usage_file(), dest)
+        assert nothing_published(dest)
+
+    @pytest.mark.parametrize(
+        "value",
+        [-0.1, 1.5, "lots", True, None, "{{ params.x }}"],
+        ids=["negative", "above-1", "text", "bool", "none", "unrendered"],
+    )
+    def test_a_bad_ratio_is_refused_before_anything_is_read(self, dest: Path, value: object) -> None:
+        def never():
+            raise AssertionError("read")
+            yield
+
+        with pytest.raises(
+            ConnectValidationError, match=r"max_bad_record_ratio: .*give a number from 0 to 1"
+        ):
+            export_usage_pages(never(), usage_file(), dest, max_bad_record_ratio=value)
+
+    def test_a_rendered_template_value_is_accepted(self, dest: Path) -> None:
+        records = [record(i, usage="x") if i == 0 else record(i) for i in range(10)]
+        result = export_usage_pages(pages(records), usage_file(), dest, max_bad_record_ratio="0.1")
+        assert (result.rows, result.quarantined) == (9, 1)
+
+
+class TestSchemaDriftInTheExport:
+    def test_unknown_fields_are_exported_in_extra_and_named_in_the_manifest(self, dest: Path) -> None:
+        records = [record(i) for i in range(1500)]
+        records[1200] = record(1200, billing_cycle="monthly", asset={**record(0)["asset"], "tier_id": "T-9"})
+        result = export_usage_pages(pages(records), usage_file(), dest)
+        assert (result.rows, result.quarantined) == (1500, 0)
+        extra = pq.read_table(result.path).column("extra").to_pylist()
+        assert json.loads(extra[1200]) == {"asset.tier_id": "T-9", "billing_cycle": "monthly"}
+        assert extra.count(None) == 1499
+        assert read_entry(DatasetLayout(dest), FILE_ID).unknown_fields == ["asset.tier_id", "billing_cycle"]
+        assert result.unknown_fields == ("asset.tier_id", "billing_cycle")
+
+    def test_old_data_with_a_string_category_exports_with_the_string_as_the_id(self, dest: Path) -> None:
+        result = export_usage_pages(
+            pages([record(i, category="standard") for i in range(20)]), usage_file(), dest
+        )
+        assert result.quarantined == 0
+        categories = pq.read_table(result.path).column("category").to_pylist()
+        assert categories == [{"id": "standard", "name": None, "description": None}] * 20

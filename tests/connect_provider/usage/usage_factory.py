@@ -1,4 +1,8 @@
-"""Usage records as Connect sends them (spec ``usage.UsageRecord``), built in memory for the exporter.
+"""Usage records as Connect sends them, built in memory for the exporter.
+
+The shape is the real one (``tests/fixtures/real/README.md``): ``category`` an object,
+``asset.recon_id``, an integer ``multiplier``, the top-level copies; ``item`` also carries the
+spec's ``unit``/``precision``/``type``, which the exporter keeps when Connect sends them.
 
 Numbers given as ``Decimal`` are written into the JSON text exactly (no float on the way), like
 a server that keeps billing values exact.
@@ -56,7 +60,12 @@ def record(i: int, file_id: str = FILE_ID, **overrides: Any) -> dict[str, Any]:
             "precision": "integer",
             "type": "reservation",
         },
-        "asset": {"id": "AS-0000-0000-0001", "external_id": "sub-1001", "external_uid": "uid-1"},
+        "asset": {
+            "id": "AS-0000-0000-0001",
+            "external_id": "sub-1001",
+            "external_uid": "uid-1",
+            "recon_id": "98547985",
+        },
         "tier": 1,
         "amount": Decimal("2.5"),
         "multiplier": 1,
@@ -68,7 +77,7 @@ def record(i: int, file_id: str = FILE_ID, **overrides: Any) -> dict[str, Any]:
         "asset_external_id": "sub-1001",
         "asset_external_uid": "uid-1",
         "usagefile": {"id": file_id, "name": "Cloud Seats usage 2026-10", "schema": "qt", "currency": "EUR"},
-        "category": "standard",
+        "category": {"id": "compute", "name": "Compute"},
         "closed_at": None,
         "closed_by": None,
     }
