@@ -99,8 +99,34 @@ class UsageFiles(State):
                 raise bad("records: must be an integer >= 0.")
             pfrom, pto = _period(period_from, period_to)
             fid = f"UF-{pfrom.year:04d}-{pfrom.month:02d}-{next(self.file_counter):010d}"
-            created = seed.seed_time(24 * 60 * 40 + len(self.usage_files))
-            self._create_usage_file(fid, product_id, status, (pfrom, pto), records, created=created)
+            self._create_usage_file(fid, product_id, status, (pfrom, pto), records, created=self.now())
+            return self.render_usage_file(fid, detail=True)
+
+    def move_usage_file(self, fid: str, status: Any, note: Any = None) -> dict:
+        """Move a file to ``status`` the way Connect would, recording each event on the way now.
+
+        ``ready`` -> ``accepted`` passes through ``pending``: the file is submitted, then accepted.
+        """
+        with self.lock:
+            f = self._usage_file(fid)
+            if status not in RECORD_STATUS_BY_FILE_STATUS:
+                raise bad(
+                    f"status: unknown usage file status {status!r}; use one of {', '.join(FILE_MOVES)}."
+                )
+            if note is not None and not isinstance(note, str):
+                raise bad("note: must be a string (the acceptance or rejection note).")
+            if status == f["status"]:
+                raise bad(f"status: usage file {fid} is {status} already.")
+            path = file_path(f["status"], status)
+            if path is None:
+                onward = ", ".join(FILE_MOVES.get(f["status"], ())) or "no other status"
+                raise bad(
+                    f"status: usage file {fid} is {f['status']}; Connect cannot move it to {status} "
+                    f"(from {f['status']} a file goes to {onward})."
+                )
+            for step in path:
+                self._enter(f, step, self.now(), note)
+            self._records_follow(fid)
             return self.render_usage_file(fid, detail=True)
 
     def _usage_file(self, fid: str) -> dict:
@@ -118,6 +144,14 @@ class UsageFiles(State):
         if status in FILE_NOTES:
             key, default = FILE_NOTES[status]
             f[key] = note or default
+
+    def _records_follow(self, fid: str) -> None:
+        """The file's records take the status of the file's new status (a new source, not a change)."""
+        f = self.usage_files[fid]
+        record_status = RECORD_STATUS_BY_FILE_STATUS[f["status"]]
+        if record_status != f["_record_status"]:
+            f["_record_status"] = record_status
+            self.record_sources[fid] = self.record_sources[fid].with_status(record_status)
 
     def _create_usage_file(
         self, fid: str, product_id: str, status: str, period: tuple[date, date], count: int, *, created: str

@@ -39,6 +39,18 @@ def router(store: Store, faults: Faults) -> APIRouter:
             {"status": "ok", "seed": store.seed_name, "auto_approve_delay": store.auto_approve_delay}
         )
 
+    @api.get("/stats")
+    def stats() -> Response:
+        return json_response(store.stats())
+
+    _fault_routes(api, faults)
+    _usage_file_routes(api, store)
+    return api
+
+
+def _fault_routes(api: APIRouter, faults: Faults) -> None:
+    """``GET``/``POST /_sandbox/faults``: the injected faults, ``{"spec": "429=0.1,drop=0.2"}``."""
+
     @api.get("/faults")
     def get_faults() -> Response:
         s = faults.spec
@@ -58,9 +70,9 @@ def router(store: Store, faults: Faults) -> APIRouter:
             raise ApiError(400, "VAL_001", str(exc)) from exc
         return json_response({"status": "ok", "spec": spec_text})
 
-    @api.get("/stats")
-    def stats() -> Response:
-        return json_response(store.stats())
+
+def _usage_file_routes(api: APIRouter, store: Store) -> None:
+    """Usage files added, and moved as Connect moves them, while the sandbox runs."""
 
     @api.post("/usage-files")
     async def add_usage_file(request: Request) -> Response:
@@ -72,4 +84,10 @@ def router(store: Store, faults: Faults) -> APIRouter:
         fields = {k: body[k] for k in USAGE_FILE_FIELDS if k in body}
         return json_response(store.add_usage_file(records, **fields), 201)
 
-    return api
+    @api.post("/usage-files/{file_id}/status")
+    async def move_usage_file(file_id: str, request: Request) -> Response:
+        """Move a file as Connect would (``{"status": "accepted", "note": "..."}``), events stamped now."""
+        body = await object_body(request, "usage-files/status")
+        if "status" not in body:
+            raise ApiError(400, "VAL_001", "status: This field is required (the status to move the file to).")
+        return json_response(store.move_usage_file(file_id, body["status"], body.get("note")))

@@ -1,0 +1,178 @@
+"""A sandbox that changes while it runs: what the ``/_sandbox`` admin routes add and move is seen by
+a client that polls Connect's public routes, as an event-driven DAG (an ``AssetWatcher`` whose
+trigger polls ``/usage/files`` and ``/requests``) polls them.
+
+Usage files move as Connect's usage module moves them (cloudblue/connect-workflows @
+31cd2cd33b66d2e7ee897d171ed13c049522d36f : usage-files/object.json), recording the spec's
+``usage.UsageFileDetail.events``.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+from datetime import datetime, timezone
+
+import pytest
+
+SEEDED_READY = "UF-2026-10-0000000001"  # 50 valid records
+SEEDED_ACCEPTED = "UF-2026-10-0000000002"  # 20 approved records
+SEEDED_DRAFT = "UF-2026-11-0000000003"
+SEEDED_CLOSED = "UF-2026-09-0000000004"
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def at(text: str) -> datetime:
+    return datetime.fromisoformat(text)
+
+
+def records_of(api, file_id: str, query: str = "") -> list[dict]:
+    r = api.get("/usage/records", f"usagefile.id={file_id}&limit=1000{query}")
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def move(sandbox, file_id: str, status: str, **extra: object) -> dict:
+    return sandbox.admin("POST", f"usage-files/{file_id}/status", {"status": status, **extra})
+
+
+def admin_refusal(sandbox, path: str, body: object) -> tuple[int, dict]:
+    try:
+        sandbox.admin("POST", path, body)
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+    raise AssertionError(f"POST /_sandbox/{path} {body} was accepted")
+
+
+class TestAUsageFileAddedWhileItRuns:
+    def test_it_is_created_now(self, api, sandbox) -> None:
+        before = utc_now()
+        added = sandbox.add_usage_file(5)
+        after = utc_now()
+        listed = api.get(f"/usage/files/{added['id']}").json()
+        assert before <= at(listed["events"]["created"]["at"]) <= after
+        assert listed["events"]["created"] == added["events"]["created"]
+
+    def test_a_watcher_polling_by_creation_time_sees_only_the_new_file(self, api, sandbox) -> None:
+        seen_until = max(at(f["events"]["created"]["at"]) for f in api.get("/usage/files").json())
+        added = sandbox.add_usage_file(5)
+        r = api.get("/usage/files", f"gt(created.at,{seen_until.isoformat()})&ordering(created.at,id)")
+        assert r.status_code == 200, r.text
+        assert [f["id"] for f in r.json()] == [added["id"]]
+
+    @pytest.mark.parametrize(
+        ("ordering", "newest_first"),
+        [("ordering(created.at)", False), ("ordering(-created.at)", True)],
+        ids=["oldest first", "newest first"],
+    )
+    def test_files_added_one_after_another_sort_in_the_order_they_were_added(
+        self, api, sandbox, ordering: str, newest_first: bool
+    ) -> None:
+        added = [
+            sandbox.add_usage_file(1, period_from=p, period_to=p)["id"]
+            for p in ("2026-12-01", "2026-10-01", "2026-11-01")
+        ]
+        listed = [f["id"] for f in api.get("/usage/files", ordering).json()]
+        expected = added[::-1] if newest_first else added
+        window = listed[: len(added)] if newest_first else listed[-len(added) :]
+        assert window == expected
+        times = [
+            at(f["events"]["created"]["at"]) for f in api.get("/usage/files", "ordering(created.at)").json()
+        ]
+        assert len(set(times)) == len(times)  # no two files share a creation time
+
+
+class TestMovingAUsageFile:
+    @pytest.mark.parametrize(
+        ("file_id", "target", "new_events", "record_status"),
+        [
+            (SEEDED_READY, "pending", ["submitted"], "valid"),
+            (SEEDED_READY, "accepted", ["submitted", "accepted"], "approved"),
+            (SEEDED_ACCEPTED, "closed", ["closed"], "closed"),
+            (SEEDED_READY, "deleted", ["deleted"], "rejected"),
+            (SEEDED_DRAFT, "ready", ["uploaded"], None),
+        ],
+        ids=[
+            "ready is submitted",
+            "ready is submitted then accepted",
+            "accepted is closed",
+            "ready is deleted",
+            "draft is uploaded and processed",
+        ],
+    )
+    def test_it_goes_the_way_connect_moves_it_recording_each_event_now(
+        self, api, sandbox, file_id: str, target: str, new_events: list[str], record_status: str | None
+    ) -> None:
+        old = api.get(f"/usage/files/{file_id}").json()
+        before = utc_now()
+        answer = move(sandbox, file_id, target)
+        after = utc_now()
+        now = api.get(f"/usage/files/{file_id}").json()
+        assert answer == now and now["status"] == target
+        assert list(now["events"]) == [*old["events"], *new_events]
+        assert {k: now["events"][k] for k in old["events"]} == old["events"]  # earlier events kept
+        stamps = [at(now["events"][name]["at"]) for name in new_events]
+        assert stamps == sorted(stamps) and all(before <= t <= after for t in stamps)
+        statuses = {rec["status"] for rec in records_of(api, file_id)}
+        assert statuses == ({record_status} if record_status else set())
+
+    def test_an_accepted_file_carries_the_note_given_and_its_records_are_approved(self, api, sandbox) -> None:
+        moved = move(sandbox, SEEDED_READY, "accepted", note="Checked against our meters")
+        assert moved["acceptance_note"] == "Checked against our meters"
+        assert moved["stats"]["accepted"] == 50 and moved["records"]["valid"] == 50
+        assert (
+            api.get("/usage/files", "eq(status,accepted)&ordering(created.at,id)").json()[0]["id"]
+            == SEEDED_READY
+        )
+
+    def test_a_closed_file_s_records_carry_what_closing_sets(self, api, sandbox) -> None:
+        move(sandbox, SEEDED_ACCEPTED, "closed")
+        records = records_of(api, SEEDED_ACCEPTED)
+        assert len(records) == 20
+        assert all(rec["closed_at"] and rec["external_billing_id"] for rec in records)
+
+    def test_a_watcher_filtering_on_status_sees_the_file_move_in(self, api, sandbox) -> None:
+        query = "eq(status,accepted)&ordering(created.at,id)"
+        assert [f["id"] for f in api.get("/usage/files", query).json()] == [SEEDED_ACCEPTED]
+        added = sandbox.add_usage_file(3)
+        move(sandbox, added["id"], "accepted")
+        assert [f["id"] for f in api.get("/usage/files", query).json()] == [SEEDED_ACCEPTED, added["id"]]
+
+    @pytest.mark.parametrize(
+        ("file_id", "body", "message"),
+        [
+            (SEEDED_CLOSED, {"status": "ready"}, "status: usage file UF-2026-09-0000000004 is closed;"),
+            (
+                SEEDED_ACCEPTED,
+                {"status": "rejected"},
+                "status: usage file UF-2026-10-0000000002 is accepted;",
+            ),
+            (SEEDED_READY, {"status": "ready"}, "status: usage file UF-2026-10-0000000001 is ready already."),
+            (SEEDED_READY, {"status": "approved"}, "status: unknown usage file status 'approved'"),
+            (SEEDED_READY, {}, "status: This field is required"),
+            (SEEDED_READY, {"status": "accepted", "note": 7}, "note: must be a string"),
+        ],
+        ids=[
+            "closed is final",
+            "accepted cannot be rejected",
+            "already there",
+            "a record status",
+            "no status",
+            "note",
+        ],
+    )
+    def test_a_move_connect_would_not_make_is_refused_naming_the_field(
+        self, api, sandbox, file_id: str, body: dict, message: str
+    ) -> None:
+        old = api.get(f"/usage/files/{file_id}").json()
+        code, answer = admin_refusal(sandbox, f"usage-files/{file_id}/status", body)
+        assert code == 400 and answer["error_code"] == "VAL_001"
+        assert answer["errors"][0].startswith(message), answer
+        assert api.get(f"/usage/files/{file_id}").json() == old
+
+    def test_an_unknown_file_is_a_404(self, sandbox) -> None:
+        code, answer = admin_refusal(sandbox, "usage-files/UF-2026-10-0000000099/status", {"status": "ready"})
+        assert (code, answer["error_code"]) == (404, "NFND_001")
