@@ -56,14 +56,13 @@ F_USAGE_FILES = endpoint(
         "vendor_id": "vendor.id",
     },
 )
-# Records carry no creation time, so a filter on created_time reads start_date (an approximation);
-# ORDERING by created_time is creation order, modelled exactly in connect_sandbox.records.
+# ``created_time`` is the record's creation time, which Connect does not send: it is computed
+# (RecordSource.created_time) where a filter reads it, never served.
 F_USAGE_RECORDS = endpoint(
     "/usage/records",
     {
         "usage_file": "usagefile.id",
         "product.id": "product_id",
-        "created_time": "start_date",
         "usage_start_time": "start_date",
     },
 )

@@ -8,14 +8,17 @@ other ordering sorts the matches (stably: ties keep creation order).
 Per file, the matching records are a sequence of indexes that is cheap to address:
 
 * ``usagefile.id`` (or ``usage_file``) ``eq``/``in`` picks the files;
-* what is left is the whole file, an arithmetic class view when it reads only what is the same
+* ``created_time`` compared with ``eq``/``ge``/``gt``/``le``/``lt`` at the top level of the filter
+  narrows each file to a window of rows, found by bisection (a record's creation time grows with
+  its row: :meth:`connect_sandbox.usage.RecordSource.created_time`);
+* what is left is the whole window, an arithmetic class view when it reads only what is the same
   for every record of an (item, asset) class, or else the rows a scan finds.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from fastapi.responses import Response
@@ -28,30 +31,35 @@ from .usage import RecordSource, class_view, join_page
 
 USAGE_FILE_KEYS = ("usagefile.id", "usage_file")
 CREATION_ORDER = "created_time"  # the records' ordering filter that is creation order
+WINDOW_OPS = ("eq", "ge", "gt", "le", "lt")
 
 View = tuple[RecordSource, Sequence[int]]
 
 
 @dataclass(frozen=True)
 class Plan:
-    """A records filter taken apart: the files, and the rest."""
+    """A records filter taken apart: the files, the creation-time bounds, and the rest."""
 
     file_ids: list[str] | None
+    bounds: tuple[rql.Comparison, ...]
     residual: rql.Node | None
 
     @classmethod
     def of(cls, node: rql.Node | None) -> Plan:
         conjuncts = [] if node is None else list(_conjuncts(node))
         files: list[str] | None = None
+        bounds: list[rql.Comparison] = []
         rest: list[rql.Node] = []
         for c in conjuncts:
             if files is None and (picked := _file_ids(c)) is not None:
                 files = picked
+            elif _is_bound(c):
+                bounds.append(c)  # type: ignore[arg-type]
             else:
                 rest.append(c)
         if not rql.paths_of(_and(rest), F_USAGE_RECORDS):
             rest = []  # django-rql ignores filters on undeclared properties
-        return cls(files, _and(rest))
+        return cls(files, tuple(bounds), _and(rest))
 
 
 def records_page(store: Store, q: rql.Query, max_limit: int) -> Response:
@@ -83,6 +91,8 @@ def records_page(store: Store, q: rql.Query, max_limit: int) -> Response:
 def _matches(source: RecordSource, plan: Plan) -> Sequence[int]:
     """The rows of ``source`` the plan selects, as a sequence that is cheap to index."""
     start, stop = 0, source.count
+    for bound in plan.bounds:
+        start, stop = _narrow(source, bound, start, stop)
     if plan.residual is None:
         return range(start, stop)
     pred = rql.compile_filter(plan.residual, F_USAGE_RECORDS)
@@ -90,7 +100,36 @@ def _matches(source: RecordSource, plan: Plan) -> Sequence[int]:
     view = class_view(source, pred, paths, start, stop)
     if view is not None:
         return view
-    return [i for i in range(start, stop) if pred(source.record(i))]
+    record = _record_reader(source, CREATION_ORDER in paths)
+    return [i for i in range(start, stop) if pred(record(i))]
+
+
+def _record_reader(source: RecordSource, with_created_time: bool) -> Callable[[int], dict]:
+    """``source.record``, plus the record's creation time when the filter reads it."""
+    if not with_created_time:
+        return source.record
+
+    def record(i: int) -> dict:
+        rec = source.record(i)
+        rec[CREATION_ORDER] = source.created_time(i)
+        return rec
+
+    return record
+
+
+def _narrow(source: RecordSource, bound: rql.Comparison, start: int, stop: int) -> tuple[int, int]:
+    """The rows of ``[start, stop)`` whose creation time meets ``bound``: still one window."""
+    for op in ("ge", "le") if bound.op == "eq" else (bound.op,):
+        rising = op in ("ge", "gt")  # false then true; le/lt are true then false
+        lo, hi = start, stop
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if rql.compare(op, source.created_time(mid), bound.value) == rising:
+                hi = mid
+            else:
+                lo = mid + 1
+        start, stop = (lo, stop) if rising else (start, lo)
+    return start, stop
 
 
 def _creation_order_page(views: list[View], offset: int, limit: int) -> list[str]:
@@ -140,3 +179,13 @@ def _file_ids(node: rql.Node) -> list[str] | None:
     values = node.value if node.op == "in" else (node.value,)
     return list(dict.fromkeys(values)) if all(isinstance(v, str) for v in values) else None
 
+
+def _is_bound(node: rql.Node) -> bool:
+    """A top-level ``created_time`` comparison that keeps a file's matches one window of rows."""
+    return (
+        isinstance(node, rql.Comparison)
+        and node.prop == CREATION_ORDER
+        and node.op in WINDOW_OPS
+        and isinstance(node.value, str)
+        and not rql.is_null_value(node.value, F_USAGE_RECORDS.spec_of(CREATION_ORDER))
+    )

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import urllib.error
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
@@ -176,3 +176,61 @@ class TestMovingAUsageFile:
     def test_an_unknown_file_is_a_404(self, sandbox) -> None:
         code, answer = admin_refusal(sandbox, "usage-files/UF-2026-10-0000000099/status", {"status": "ready"})
         assert (code, answer["error_code"]) == (404, "NFND_001")
+
+
+class TestRecordsCreationTime:
+    """A record's ``created_time`` (filtered on, never sent) is its file's creation, plus its row in µs."""
+
+    def test_a_filter_on_it_finds_the_records_of_a_file_added_since(self, api, sandbox) -> None:
+        since = utc_now() - timedelta(microseconds=1)
+        added = sandbox.add_usage_file(40)  # a past period: start dates say nothing of creation
+        r = api.get("/usage/records", f"ge(created_time,{since.isoformat()})&limit=1000")
+        assert r.status_code == 200, r.text
+        assert {rec["usagefile"]["id"] for rec in r.json()} == {added["id"]}
+        assert r.headers["Content-Range"] == "items 0-39/40"
+
+    @pytest.mark.parametrize(
+        ("query", "rows"),
+        [
+            ("ge(created_time,{t0})", range(0, 40)),
+            ("lt(created_time,{t0})", range(0)),
+            ("gt(created_time,{t5})", range(6, 40)),
+            ("ge(created_time,{t5})&lt(created_time,{t9})", range(5, 9)),
+            ("eq(created_time,{t7})", range(7, 8)),
+            ("ne(created_time,{t7})", [*range(0, 7), *range(8, 40)]),
+            ("in(created_time,({t1},{t3}))", [1, 3]),
+            ("or(lt(created_time,{t2}),ge(created_time,{t38}))", [0, 1, 38, 39]),
+            ("ge(created_time,{t10})&asset.id=AS-0000-0000-0005", [r for r in range(10, 40) if r % 4 == 1]),
+        ],
+        ids=[
+            "from creation",
+            "before creation",
+            "after row 5",
+            "a window",
+            "one row",
+            "all but one",
+            "in",
+            "or",
+            "window and class",
+        ],
+    )
+    def test_record_i_was_created_i_microseconds_after_its_file(self, api, sandbox, query: str, rows) -> None:
+        added = sandbox.add_usage_file(40)
+        t0 = at(added["events"]["created"]["at"])
+        times = {f"t{i}": (t0 + timedelta(microseconds=i)).isoformat() for i in range(40)}
+        everything = records_of(api, added["id"])
+        r = api.get("/usage/records", f"usagefile.id={added['id']}&{query.format(**times)}&limit=1000")
+        assert r.status_code == 200, r.text
+        assert [rec["id"] for rec in r.json()] == [everything[i]["id"] for i in rows]
+
+    def test_it_is_never_sent(self, api) -> None:
+        assert all("created_time" not in rec for rec in records_of(api, SEEDED_READY))
+
+    def test_creation_order_is_the_order_of_creation_times(self, api, sandbox) -> None:
+        first = sandbox.add_usage_file(3)["id"]
+        second = sandbox.add_usage_file(3)["id"]
+        cut = api.get(f"/usage/files/{second}").json()["events"]["created"]["at"]
+        r = api.get("/usage/records", f"ge(created_time,{cut})&ordering(created_time)")
+        assert [rec["usagefile"]["id"] for rec in r.json()] == [second] * 3
+        r = api.get("/usage/records", f"in(usagefile.id,({first},{second}))&ordering(-created_time)")
+        assert [rec["usagefile"]["id"] for rec in r.json()] == [second] * 3 + [first] * 3
