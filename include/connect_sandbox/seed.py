@@ -19,6 +19,18 @@ What the catalogue says about Connect's rules (the store enforces them):
   ``simple_tracker.py``).
 * **Parameters** (``params`` of a product): the only parameter ids a request may carry or a
   ``PUT /requests/{id}`` may touch; ``object`` parameters hold a ``structured_value``.
+
+Who decides requests. The demo vendor decides the requests made through the API once the
+store's delay (``--auto-approve-delay``, or ``auto_approve_delay`` of ``POST /_sandbox/reset``)
+has passed, by the asset's external id: ``fail-...`` are failed, ``inquire-...`` inquired,
+``setup-...`` purchases wait in ``tiers_setup`` for one more delay, the rest approved. It never
+decides:
+
+* requests of assets whose external id starts with ``manual-`` (``state.MANUAL_PREFIX``):
+  per request, for a vendor-side DAG or test that decides them itself through the public API
+  (``POST /requests/{id}/approve`` and the other actions);
+* the seeded requests (the pending purchase ``PR-0000-0000-0004-001`` stays pending);
+* anything, when the delay is negative (per seed: ``reset`` with ``auto_approve_delay: -1``).
 """
 
 from __future__ import annotations

@@ -17,6 +17,9 @@ from .usage import RecordSource, iso_of_us
 
 OPEN_REQUEST_STATUSES = ("draft", "tiers_setup", "pending", "inquiring", "scheduled", "revoking")
 DECIDED_STATUSES = ("approved", "failed", "revoked")
+# Requests of assets whose external id starts with this are never decided by the demo vendor: a
+# vendor-side DAG (or test) decides them through the public API.
+MANUAL_PREFIX = "manual-"
 
 
 class State:
@@ -109,7 +112,7 @@ class State:
             "template": template_ref(template) if template else None,
             "previous_approved_request": previous["id"] if previous else None,
             "created_mono": self.clock(),
-            "decided": not auto or status in DECIDED_STATUSES,
+            "decided": not auto or status in DECIDED_STATUSES or _manual(a),
             "previous_asset_status": previous_status,
         }
         self.requests[rid] = r
@@ -150,6 +153,11 @@ class State:
         )
         assert found is not None  # every asset is made by its purchase request
         return found
+
+
+def _manual(a: dict) -> bool:
+    """True when the demo vendor leaves the asset's requests to someone else (``manual-...``)."""
+    return (a["external_id"] or "").startswith(MANUAL_PREFIX)
 
 
 def template_ref(template: dict) -> dict:

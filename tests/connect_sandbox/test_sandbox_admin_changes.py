@@ -10,6 +10,7 @@ Usage files move as Connect's usage module moves them (cloudblue/connect-workflo
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 from datetime import datetime, timedelta, timezone
 
@@ -234,3 +235,67 @@ class TestRecordsCreationTime:
         assert [rec["usagefile"]["id"] for rec in r.json()] == [second] * 3
         r = api.get("/usage/records", f"in(usagefile.id,({first},{second}))&ordering(-created_time)")
         assert [rec["usagefile"]["id"] for rec in r.json()] == [second] * 3 + [first] * 3
+
+
+PENDING_PURCHASES = "and(eq(type,purchase),eq(status,pending))"
+SEEDED_PENDING_PURCHASE = "PR-0000-0000-0004-001"
+
+
+class TestNewPendingPurchasesAppear:
+    """What a vendor-side watcher polls: pending purchases, by creation, as the spec lets it order."""
+
+    def test_a_purchase_made_through_the_public_api_is_the_newest_pending_one(self, api, purchase) -> None:
+        made = [api.post("/requests", purchase(f"manual-watch-{n}")).json()["id"] for n in range(3)]
+        oldest_first = [
+            r["id"] for r in api.get("/requests", f"{PENDING_PURCHASES}&ordering(created)").json()
+        ]
+        newest_first = [
+            r["id"] for r in api.get("/requests", f"{PENDING_PURCHASES}&ordering(-created)").json()
+        ]
+        assert oldest_first == [SEEDED_PENDING_PURCHASE, *made]
+        assert newest_first == oldest_first[::-1]
+
+    @pytest.mark.parametrize("field", ["created", "updated"], ids=["by creation", "by last change"])
+    def test_a_watcher_asking_for_what_is_newer_than_its_last_poll_sees_only_the_new_ones(
+        self, api, purchase, field: str
+    ) -> None:
+        first = api.post("/requests", purchase("manual-poll-1")).json()
+        later = [api.post("/requests", purchase(f"manual-poll-{n}")).json()["id"] for n in (2, 3)]
+        r = api.get("/requests", f"{PENDING_PURCHASES}&gt({field},{first[field]})&ordering({field})")
+        assert r.status_code == 200, r.text
+        assert [x["id"] for x in r.json()] == later
+
+    def test_a_decision_moves_the_request_out_and_makes_it_the_latest_updated(self, api, purchase) -> None:
+        made = [api.post("/requests", purchase(f"manual-decide-{n}")).json()["id"] for n in range(2)]
+        api.post(f"/requests/{made[0]}/approve", {"template_id": "TL-276-377-545-0001"})
+        pending = [r["id"] for r in api.get("/requests", f"{PENDING_PURCHASES}&ordering(created)").json()]
+        assert pending == [SEEDED_PENDING_PURCHASE, made[1]]
+        latest = api.get("/requests", "eq(type,purchase)&ordering(-updated)&limit=1").json()
+        assert [(r["id"], r["status"]) for r in latest] == [(made[0], "approved")]
+
+
+class TestTheDemoVendorLeavesManualRequestsAlone:
+    """``manual-...`` assets: the demo vendor never decides their requests; a vendor DAG does."""
+
+    @pytest.mark.parametrize(
+        ("external_id", "status"),
+        [("manual-1", "pending"), ("auto-1", "approved"), ("fail-1", "failed")],
+        ids=["manual stays pending", "others are approved", "fail- still fails"],
+    )
+    def test_after_the_delay(self, api, purchase, external_id: str, status: str) -> None:
+        rid = api.post("/requests", purchase(external_id)).json()["id"]
+        time.sleep(0.7)  # longer than the session sandbox's 0.5 s delay
+        assert api.get(f"/requests/{rid}").json()["status"] == status
+
+    def test_every_request_of_a_manual_asset_waits_for_the_vendor(self, api, purchase) -> None:
+        bought = api.post("/requests", purchase("manual-later")).json()
+        api.post(f"/requests/{bought['id']}/approve", {"template_id": "TL-276-377-545-0001"})
+        body = {
+            "type": "change",
+            "asset": {"id": bought["asset"]["id"], "items": [{"id": "SEATS", "quantity": 9}]},
+        }
+        change = api.post("/requests", body).json()
+        time.sleep(0.7)
+        assert api.get(f"/requests/{change['id']}").json()["status"] == "pending"
+        decided = api.post(f"/requests/{change['id']}/fail", {"reason": "Seats are sold out"}).json()
+        assert (decided["status"], decided["reason"]) == ("failed", "Seats are sold out")
