@@ -59,7 +59,8 @@ class State:
         return self.last_event_us
 
     def now(self) -> str:
-        """:meth:`now_us` as Connect's ISO 8601 text (UTC, with microseconds)."""
+        """:meth:`now_us` as ISO 8601 text, UTC with microseconds (Connect's documents show whole
+        seconds; the sandbox's own events have always carried microseconds)."""
         return iso_of_us(self.now_us())
 
     def reserve(self, last_us: int) -> None:
