@@ -227,10 +227,7 @@ class _Parser:
         else:
             self.i = save
             op = "eq"
-        if op in LIST_OPS:
-            values = self.value_list()
-            return Comparison(op, prop, values)
-        value = self.value()
+        value = self.value_list() if op in LIST_OPS else self.value()
         if top and op == "eq" and prop in CONTROL_KEYS:
             if not isinstance(value, str):
                 raise self.error(f"{prop} needs a value")
@@ -262,18 +259,12 @@ class _Parser:
             if len(children) == 1:
                 return children[0]
             return Logical(name, tuple(children))
-        if name in COMPARISON_OPS:
+        if name in COMPARISON_OPS or name in LIST_OPS:
             prop = self.prop()
             self.expect(",")
-            value = self.value()
+            value = self.value_list() if name in LIST_OPS else self.value()
             self.expect(")")
             return Comparison(name, prop, value)
-        if name in LIST_OPS:
-            prop = self.prop()
-            self.expect(",")
-            values = self.value_list()
-            self.expect(")")
-            return Comparison(name, prop, values)
         if name in ("select", "ordering"):
             props = self.signed_props()
             if not top:
@@ -383,21 +374,11 @@ def _like(value: Any, pattern: str, insensitive: bool) -> bool:
     return re.fullmatch(regex, text, flags=re.DOTALL) is not None
 
 
-def _compare(op: str, field_value: Any, raw: Any) -> bool:
-    if raw is NULL:
-        is_null = field_value is None
-        if op == "eq":
-            return is_null
-        if op == "ne":
-            return not is_null
-        return False
-    if raw is EMPTY:
-        is_empty = field_value == "" or field_value is None
-        if op == "eq":
-            return is_empty
-        if op == "ne":
-            return not is_empty
-        return False
+def compare(op: str, field_value: Any, raw: Any) -> bool:
+    """Whether ``op(field, raw)`` holds for one value of the field, as django-rql's SQL would say."""
+    if raw is NULL or raw is EMPTY:
+        absent = field_value is None or (raw is EMPTY and field_value == "")
+        return {"eq": absent, "ne": not absent}.get(op, False)
     if op in ("like", "ilike"):
         return _like(field_value, raw, op == "ilike")
     if field_value is None:
@@ -578,34 +559,25 @@ def _compile(node: Node | None, filterable: Filterable | None) -> Callable[[Any]
             return lambda obj: any(p(obj) for p in parts)
         only = parts[0]
         return lambda obj: not only(obj)
-    path = _default_path(node.prop) if filterable is None else filterable.path_of(node.prop)
+    path = _path(filterable, node.prop)
     if path is None:
         return None
     spec = None if filterable is None else filterable.spec_of(node.prop)
-    op, value = node.op, node.value
-    if op in LIST_OPS:
-        values = tuple(NULL if is_null_value(v, spec) else v for v in value)
+    op = _positive(node.op)  # ne and out are the negations of eq and in
+    raw = node.value if op == "in" else (node.value,)
+    values = tuple(NULL if is_null_value(v, spec) else v for v in raw)
+    test = "eq" if op == "in" else op
 
-        def member(obj: Any) -> bool:
-            found = resolve(obj, path) or [None]
-            return any(_compare("eq", fv, v) for fv in found for v in values)
-
-        return member if op == "in" else (lambda obj: not member(obj))
-    if is_null_value(value, spec):
-        value = NULL
-    if op in ("ne",):
-
-        def not_equal(obj: Any) -> bool:
-            found = resolve(obj, path) or [None]
-            return not any(_compare("eq", fv, value) for fv in found)
-
-        return not_equal
-
-    def compare(obj: Any) -> bool:
+    def holds(obj: Any) -> bool:
         found = resolve(obj, path) or [None]
-        return any(_compare(op, fv, value) for fv in found)
+        return any(compare(test, fv, v) for fv in found for v in values)
 
-    return compare
+    return holds if op == node.op else (lambda obj: not holds(obj))
+
+
+def _path(filterable: Filterable | None, prop: str) -> str | None:
+    """Where ``prop`` lives in the objects; None when the endpoint does not declare it."""
+    return _default_path(prop) if filterable is None else filterable.path_of(prop)
 
 
 def paths_of(node: Node | None, filterable: Filterable | None) -> set[str]:
@@ -617,7 +589,7 @@ def paths_of(node: Node | None, filterable: Filterable | None) -> set[str]:
         for c in node.children:
             out |= paths_of(c, filterable)
         return out
-    path = _default_path(node.prop) if filterable is None else filterable.path_of(node.prop)
+    path = _path(filterable, node.prop)
     return set() if path is None else {path}
 
 
@@ -642,7 +614,7 @@ def apply_ordering(items: list[Any], ordering: list[str], filterable: Filterable
     for spec in reversed(ordering):
         desc = spec.startswith("-")
         prop = spec.lstrip("+-")
-        path = _default_path(prop) if filterable is None else (filterable.path_of(prop) or prop)
+        path = _path(filterable, prop) or prop
         result.sort(key=sort_key_for(path), reverse=desc)
     return result
 
@@ -675,23 +647,17 @@ def _deep_copy(obj: Any) -> Any:
 
 def parse_page(query: Query, default_limit: int, max_limit: int) -> tuple[int, int]:
     """limit/offset as django-rql reads them: bad values fall back to the defaults."""
-    limit = default_limit
-    if query.limit is not None:
-        try:
-            n = int(query.limit)
-            if n >= 0:
-                limit = min(n, max_limit)
-        except ValueError:
-            pass
-    offset = 0
-    if query.offset is not None:
-        try:
-            n = int(query.offset)
-            if n >= 0:
-                offset = n
-        except ValueError:
-            pass
-    return limit, offset
+    limit = _count(query.limit, -1)
+    return (min(limit, max_limit) if limit >= 0 else default_limit), _count(query.offset, 0)
+
+
+def _count(text: str | None, default: int) -> int:
+    """``text`` as a whole number >= 0; ``default`` when it is missing or is not one."""
+    try:
+        n = int(text) if text is not None else default
+    except ValueError:
+        return default
+    return n if n >= 0 else default
 
 
 def content_range(offset: int, count: int, total: int) -> str:

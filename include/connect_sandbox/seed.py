@@ -19,6 +19,18 @@ What the catalogue says about Connect's rules (the store enforces them):
   ``simple_tracker.py``).
 * **Parameters** (``params`` of a product): the only parameter ids a request may carry or a
   ``PUT /requests/{id}`` may touch; ``object`` parameters hold a ``structured_value``.
+
+Who decides requests. The demo vendor decides the requests made through the API once the
+store's delay (``--auto-approve-delay``, or ``auto_approve_delay`` of ``POST /_sandbox/reset``)
+has passed, by the asset's external id: ``fail-...`` are failed, ``inquire-...`` inquired,
+``setup-...`` purchases wait in ``tiers_setup`` for one more delay, the rest approved. It never
+decides:
+
+* requests of assets whose external id starts with ``manual-`` (``state.MANUAL_PREFIX``):
+  per request, for a vendor-side DAG or test that decides them itself through the public API
+  (``POST /requests/{id}/approve`` and the other actions);
+* the seeded requests (the pending purchase ``PR-0000-0000-0004-001`` stays pending);
+* anything, when the delay is negative (per seed: ``reset`` with ``auto_approve_delay: -1``).
 """
 
 from __future__ import annotations
@@ -247,10 +259,7 @@ def _template(product_id: str, n: int, name: str, scope: str, ttype: str, body: 
         "scope": scope,
         "type": ttype,
         "position": n,
-        "events": {
-            "created": {"at": seed_time(n), "by": dict(SYSTEM_USER)},
-            "updated": {"at": seed_time(n), "by": dict(SYSTEM_USER)},
-        },
+        "events": events(seed_time(n), SYSTEM_USER),
     }
 
 
@@ -260,11 +269,8 @@ def _hub(hid: str, name: str, n: int) -> dict:
         "id": hid,
         "name": name,
         "description": f"{name}: the sandbox's demo distribution hub",
-        "company": {"id": PROVIDER["id"], "name": PROVIDER["name"], "icon": PROVIDER["icon"]},
-        "events": {
-            "created": {"at": seed_time(n), "by": dict(SYSTEM_USER)},
-            "updated": {"at": seed_time(n), "by": dict(SYSTEM_USER)},
-        },
+        "company": dict(PROVIDER),
+        "events": events(seed_time(n), SYSTEM_USER),
         "stats": {"connections": 0, "marketplaces": 0},
         "instance": {"id": instance_id, "type": "API"},
         "version": "1.0",
@@ -280,7 +286,7 @@ def _marketplace(
         "id": mid,
         "name": name,
         "description": f"{name} of the sandbox",
-        "owner": {"id": PROVIDER["id"], "name": PROVIDER["name"], "icon": PROVIDER["icon"]},
+        "owner": dict(PROVIDER),
         "icon": f"/media/PA-000-000/marketplaces/{mid}/icon.png",
         "zone": zone,
         "hubs": [{"hub": {"id": hub_id, "name": hub_name}, "external_id": hub_id.lower()}],
@@ -293,56 +299,82 @@ def _marketplace(
         },
         "attributes": {},
         "stats": {"hubs": 1, "contracts": 1},
-        "events": {
-            "created": {"at": seed_time(10), "by": dict(SYSTEM_USER)},
-            "updated": {"at": seed_time(10), "by": dict(SYSTEM_USER)},
-        },
+        "events": events(seed_time(10), SYSTEM_USER),
         "locales": [{"id": "EN", "name": "English"}],
     }
 
 
+# The demo's tier accounts on the EU hub: (id, name, type, scope, external id, tax id, minute of
+# creation, contact); each account's parent is the one before it (the customer's, the reseller).
+DEMO_TIERS = (
+    ("TA-0000-0000-0001", "Demo Reseller", "reseller", "tier1", "reseller-1", "ESB00000001", 20,
+     ("Rita", "Reseller", "rita@reseller.example", "Madrid", "ES")),
+    ("TA-0000-0000-0002", "Demo Customer", "customer", "customer", "customer-1", "ESB00000002", 21,
+     ("Carl", "Customer", "carl@customer.example", "Berlin", "DE")),
+)  # fmt: skip
+
+
 def tier_accounts() -> dict:
-    reseller = {
-        "id": "TA-0000-0000-0001",
+    """The demo reseller (tier 1) and its customer."""
+    out: dict[str, dict] = {}
+    parent = None
+    for tid, name, kind, scope, external_id, tax_id, minute, contact in DEMO_TIERS:
+        out[tid] = tier_account(
+            tid,
+            name,
+            kind=kind,
+            scope=scope,
+            external_id=external_id,
+            external_uid=det_uuid(f"tier-{external_id}"),
+            hub={"id": "HB-0000-0001", "name": "EU Hub"},
+            tax_id=tax_id,
+            at=seed_time(minute),
+            contact=contact_info(*contact),
+            parent=parent,
+        )
+        parent = {key: out[tid][key] for key in ("id", "name", "external_id")}
+    return out
+
+
+def tier_account(
+    tid: str,
+    name: str,
+    *,
+    kind: str,
+    scope: str,
+    external_id: str | None,
+    external_uid: str,
+    hub: dict,
+    tax_id: str,
+    at: str,
+    contact: dict,
+    parent: dict | None = None,
+) -> dict:
+    """A tier account as ``GET /tier/accounts`` serves it (cloudblue/connect-reports @
+    b408690c8d3d168372c271e81f79d9bdf82d2401 : tests/fixtures/ta_account.json): seeded, or made by
+    a purchase that names a new one."""
+    return {
+        "id": tid,
         "version": 1,
-        "name": "Demo Reseller",
-        "type": "reseller",
+        "name": name,
+        "type": kind,
         "db": "EU",
-        "external_id": "reseller-1",
-        "external_uid": det_uuid("tier-reseller-1"),
-        "parent": {},
-        "owner": {"id": PROVIDER["id"], "name": PROVIDER["name"], "icon": PROVIDER["icon"]},
-        "scopes": ["tier1"],
-        "hub": {"id": "HB-0000-0001", "name": "EU Hub"},
-        "tax_id": "ESB00000001",
-        "events": {
-            "created": {"at": seed_time(20), "by": dict(ACTOR)},
-            "updated": {"at": seed_time(20), "by": dict(ACTOR)},
-        },
+        "external_id": external_id,
+        "external_uid": external_uid,
+        "parent": parent or {},
+        "owner": dict(PROVIDER),
+        "scopes": [scope],
+        "hub": {"id": hub["id"], "name": hub["name"]},
+        "tax_id": tax_id,
+        "events": events(at, ACTOR),
         "environment": "production",
-        "contact_info": contact_info("Rita", "Reseller", "rita@reseller.example", "Madrid", "ES"),
+        "contact_info": contact,
     }
-    customer = {
-        "id": "TA-0000-0000-0002",
-        "version": 1,
-        "name": "Demo Customer",
-        "type": "customer",
-        "db": "EU",
-        "external_id": "customer-1",
-        "external_uid": det_uuid("tier-customer-1"),
-        "parent": {"id": reseller["id"], "name": reseller["name"], "external_id": reseller["external_id"]},
-        "owner": {"id": PROVIDER["id"], "name": PROVIDER["name"], "icon": PROVIDER["icon"]},
-        "scopes": ["customer"],
-        "hub": {"id": "HB-0000-0001", "name": "EU Hub"},
-        "tax_id": "ESB00000002",
-        "events": {
-            "created": {"at": seed_time(21), "by": dict(ACTOR)},
-            "updated": {"at": seed_time(21), "by": dict(ACTOR)},
-        },
-        "environment": "production",
-        "contact_info": contact_info("Carl", "Customer", "carl@customer.example", "Berlin", "DE"),
-    }
-    return {reseller["id"]: reseller, customer["id"]: customer}
+
+
+def events(at: str, by: dict) -> dict:
+    """``events`` of an object created and last updated at ``at`` by ``by``."""
+    return {"created": {"at": at, "by": dict(by)}, "updated": {"at": at, "by": dict(by)}}
 
 
 # (asset number, status, external_id, seats, purchase request status)
@@ -400,19 +432,19 @@ def recon_id(asset: str) -> str:
 
 # The Backup Vault product has no seeded asset; its (closed, historical) usage records refer to
 # assets that are no longer listed, as old files do in Connect.
+def record_asset_of(aid: str, external_id: str, uid_name: str) -> dict:
+    """An asset as usage records name it: ids and its reconciliation id."""
+    return {
+        "id": aid,
+        "external_id": external_id,
+        "external_uid": det_uuid(uid_name),
+        "recon_id": recon_id(aid),
+    }
+
+
 VAULT_RECORD_ASSETS = [
-    {
-        "id": "AS-0000-0009-0001",
-        "external_id": "vault-1",
-        "external_uid": det_uuid("vault-1"),
-        "recon_id": recon_id("AS-0000-0009-0001"),
-    },
-    {
-        "id": "AS-0000-0009-0002",
-        "external_id": "vault-ü-2",
-        "external_uid": det_uuid("vault-2"),
-        "recon_id": recon_id("AS-0000-0009-0002"),
-    },
+    record_asset_of("AS-0000-0009-0001", "vault-1", "vault-1"),
+    record_asset_of("AS-0000-0009-0002", "vault-ü-2", "vault-2"),
 ]
 # The usage category of each item's records (an object {id, name}, as in connect-reports' record).
 USAGE_CATEGORIES = {

@@ -25,8 +25,8 @@ import json
 import math
 import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from datetime import date, timedelta
+from dataclasses import dataclass, field, replace
+from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
@@ -75,9 +75,14 @@ def record_asset(asset: dict) -> dict:
 
 @dataclass
 class RecordSource:
-    """The records of one usage file: ``count``, ``render(i)`` (JSON text) and ``record(i)``."""
+    """The records of one usage file: ``count``, ``render(i)`` (JSON text) and ``record(i)``.
+
+    ``created_us`` is when record 0 was created, in microseconds since the Unix epoch; record ``i``
+    was created ``i`` microseconds later (see :meth:`created_time`).
+    """
 
     count: int
+    created_us: int = 0
 
     def render(self, i: int) -> str:  # pragma: no cover - interface
         raise NotImplementedError
@@ -88,6 +93,19 @@ class RecordSource:
     def render_range(self, start: int, stop: int) -> list[str]:
         return [self.render(i) for i in range(start, stop)]
 
+    def created_time(self, i: int) -> str:
+        """When record ``i`` was created, as ``created_time`` filters read it (never served).
+
+        Connect creates a file's records one by one when it processes the upload; the sandbox
+        spaces them a microsecond apart from the file's ``events.created.at``, so creation order
+        (files as created, then rows) is also the order of this value.
+        """
+        return iso_of_us(self.created_us + i)
+
+    def with_status(self, status: str) -> RecordSource:  # pragma: no cover - interface
+        """The same records with another per-record ``status`` (their file moved)."""
+        raise NotImplementedError
+
 
 @dataclass
 class StoredRecords(RecordSource):
@@ -97,15 +115,34 @@ class StoredRecords(RecordSource):
     _rendered: list[str] = field(default_factory=list)
 
     @classmethod
-    def of(cls, records: list[dict]) -> StoredRecords:
+    def of(cls, records: list[dict], created_us: int = 0) -> StoredRecords:
         rendered = [_render_exact(r) for r in records]
-        return cls(count=len(records), records=records, _rendered=rendered)
+        return cls(count=len(records), created_us=created_us, records=records, _rendered=rendered)
 
     def render(self, i: int) -> str:
         return self._rendered[i]
 
     def record(self, i: int) -> dict:
         return json.loads(self._rendered[i], parse_float=Decimal)
+
+    def with_status(self, status: str) -> StoredRecords:
+        return StoredRecords.of([{**r, "status": status} for r in self.records], self.created_us)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def iso_of_us(us: int) -> str:
+    """A time in microseconds since the epoch as ISO 8601 text, UTC, with microseconds."""
+    return (_EPOCH + timedelta(microseconds=us)).isoformat(timespec="microseconds")
+
+
+def us_of_iso(text: str) -> int:
+    """ISO 8601 text (naive means UTC) as microseconds since the epoch."""
+    moment = datetime.fromisoformat(text)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return (moment - _EPOCH) // timedelta(microseconds=1)
 
 
 def _render_exact(record: dict) -> str:
@@ -149,8 +186,33 @@ class GeneratedRecords(RecordSource):
             )
             for d in range(max(self.period_days, 1))
         ]
-        closed = self.status == "closed"
-        # What closing set: the same for every record of a closed generated file.
+        self._prepare_classes()
+        self._prepare_tail()
+        self._prepare_render()
+
+    def with_status(self, status: str) -> GeneratedRecords:
+        """A new source (fragments prepared again), so a page being rendered keeps its own."""
+        return replace(self, status=status)
+
+    def _prepare_classes(self) -> None:
+        """One prepared middle fragment per (item, asset) pair: everything that does not vary."""
+        self._parts: list[dict] = [
+            {
+                "product_id": self.product_id,
+                "item": record_item(item),
+                "asset": record_asset(asset),
+                "category": dict(self.categories.get(item["id"], DEFAULT_CATEGORY)),
+                "tier": 1,
+            }
+            for item in self.items
+            for asset in self.assets
+        ]
+        self._fragments = ["," + _dumps(part)[1:-1] for part in self._parts]
+        self._n_fragments = max(len(self._fragments), 1)
+        self.period = self._n_fragments
+
+    def _prepare_tail(self) -> None:
+        """What follows the usage: the status and, on a closed file, what closing set on every record."""
         close = (
             {
                 "closed_at": "2026-11-05T09:00:00+00:00",
@@ -158,28 +220,11 @@ class GeneratedRecords(RecordSource):
                 "external_billing_id": f"INV-{self.file_id.removeprefix('UF-')}",
                 "external_billing_note": "billed with the monthly invoice",
             }
-            if closed
+            if self.status == "closed"
             else {}
         )
-        # One prepared middle fragment per (item, asset) pair: everything that does not vary.
-        self._fragments: list[str] = []
-        self._parts: list[dict] = []
-        for item in self.items:
-            for asset in self.assets:
-                part = {
-                    "product_id": self.product_id,
-                    "item": record_item(item),
-                    "asset": record_asset(asset),
-                    "category": dict(self.categories.get(item["id"], DEFAULT_CATEGORY)),
-                    "tier": 1,
-                }
-                self._parts.append(part)
-                self._fragments.append("," + _dumps(part)[1:-1])
-        self._n_fragments = max(len(self._fragments), 1)
-        self.period = self._n_fragments
         self._tail_fields = {"multiplier": 1, "status": self.status, **close}
         self._tail = "," + _dumps(self._tail_fields)[1:-1]
-        self._prepare_render()
 
     def record(self, i: int) -> dict:
         """The same record as ``render(i)``, built as a dict (for filters that must scan)."""
@@ -299,12 +344,18 @@ CLASS_CONSTANT_PATHS = frozenset(
 
 
 class ClassView:
-    """The indexes ``i < count`` with ``i % period`` in ``classes``, addressable without a scan."""
+    """The indexes ``start <= i < stop`` with ``i % period`` in ``classes``, addressable without a scan."""
 
-    def __init__(self, count: int, period: int, classes: list[int]) -> None:
-        self.count, self.period, self.classes = count, period, sorted(classes)
-        full, rest = divmod(count, period)
-        self._len = full * len(self.classes) + sum(1 for c in self.classes if c < rest)
+    def __init__(self, period: int, classes: list[int], start: int, stop: int) -> None:
+        self.period, self.classes = period, sorted(classes)
+        self._base = start - start % period  # the first index of start's cycle
+        self._skip = self._before(start)  # indexes of the class set in that cycle before start
+        self._len = max(self._before(stop) - self._skip, 0)
+
+    def _before(self, n: int) -> int:
+        """How many indexes of the class set are below ``n``, counted from ``self._base``."""
+        full, rest = divmod(n - self._base, self.period)
+        return full * len(self.classes) + sum(1 for c in self.classes if c < rest)
 
     def __len__(self) -> int:
         return self._len
@@ -312,17 +363,19 @@ class ClassView:
     def __getitem__(self, k: int) -> int:
         if not 0 <= k < self._len:
             raise IndexError(k)
-        cycle, pos = divmod(k, len(self.classes))
-        return cycle * self.period + self.classes[pos]
+        cycle, pos = divmod(k + self._skip, len(self.classes))
+        return self._base + cycle * self.period + self.classes[pos]
 
 
-def class_view(source: RecordSource, predicate: Callable[[dict], bool], paths: set[str]) -> ClassView | None:
-    """When a filter reads only per-class constants, the matches of a generated file by arithmetic."""
+def class_view(
+    source: RecordSource, predicate: Callable[[dict], bool], paths: set[str], start: int, stop: int
+) -> ClassView | None:
+    """When a filter reads only per-class constants, the matches in ``[start, stop)`` by arithmetic."""
     if not isinstance(source, GeneratedRecords) or not paths <= CLASS_CONSTANT_PATHS:
         return None
     period = source.period
     good = [c for c in range(min(period, source.count)) if predicate(source.record(c))]
-    return ClassView(source.count, period, good)
+    return ClassView(period, good, start, stop)
 
 
 def join_page(rendered: list[str]) -> bytes:

@@ -203,6 +203,13 @@ class TestTheSandboxAnswersInConnectsShapes:
         assert answers["unchanged"].status_code == 400
         assert answers["unchanged"].json() == load("error_400_items_unchanged.json")
 
+    def test_a_usage_file_added_and_moved_to_closed_while_the_sandbox_runs(self, sandbox) -> None:
+        added = sandbox.add_usage_file(3, status="ready")
+        for status in ("accepted", "closed"):  # ready -> pending -> accepted -> closed
+            moved = sandbox.admin("POST", f"usage-files/{added['id']}/status", {"status": status})
+        assert list(moved["events"]) == ["created", "uploaded", "submitted", "accepted", "closed"]
+        assert differences("usage_file", moved, [load("usage_file.json")]) == []
+
 
 class TestTheComparisonItself:
     """The comparison must see what matters, or the tests above prove nothing."""
