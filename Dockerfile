@@ -27,11 +27,12 @@ COPY --chown=airflow:0 requirements/lock.txt requirements/lock.txt
 COPY --chown=airflow:0 plugins/connect_provider plugins/connect_provider
 COPY --chown=airflow:0 include/connect_sandbox include/connect_sandbox
 
-# A regular (not editable) install of the project with its PostgreSQL extra; apache-airflow is
+# A regular (not editable) install of the project with what the DAGs and the sandbox service need:
+# the PostgreSQL outbox, DuckDB for the load DAG, the sandbox's server stack; apache-airflow is
 # named so that pip keeps the image's Airflow instead of resolving another one.
 RUN pip install --no-cache-dir \
         "apache-airflow==${AIRFLOW_VERSION}" \
-        ".[postgres]" \
+        ".[postgres,duckdb,sandbox]" \
         --constraint requirements/lock.txt \
     && python -c "import connect_provider, connect_sandbox; print('provider', connect_provider.__version__)"
 

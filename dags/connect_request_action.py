@@ -15,7 +15,7 @@ Which fields each action uses:
 
 The defaults are the sandbox's demo data (hub HB-0000-0001, marketplace MP-00001, item
 PRD-276-377-545-0001, reseller ``reseller-1``, customer ``customer-1``). This file only wires the
-task; the logic lives in ``connect_provider.changes.run_form_action`` and ``connect_provider.actions``.
+task; the logic lives in ``connect_provider.forms.run_form_action`` and ``connect_provider.actions``.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 from airflow.sdk import Param, dag, task
-from connect_provider import changes
+from connect_provider import forms
 from connect_provider.config import DEFAULT_CONN_ID
 
 ASSET = "Asset"
@@ -148,7 +148,7 @@ def _text(default: str | None, title: str, description: str, section: str, **sch
 def connect_request_action() -> None:
     @task
     def create_request(params: dict | None = None) -> dict:
-        return changes.run_form_action(params or {})
+        return forms.run_form_action(params or {})
 
     create_request()
 

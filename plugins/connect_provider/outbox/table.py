@@ -1,8 +1,10 @@
-"""The subscription-changes outbox: the table a target application fills and the DAG drains.
+"""The outbox table: its DDL, DB-API access, claims, per-attempt holds and write-backs.
 
 The target application INSERTs one row per subscription change into ``connect_subscription_changes``
-(status ``pending``). The pipeline claims pending rows, creates the Connect requests, writes back the
-request id and status, then follows the requests until Connect decides them.
+(status ``pending``). The pipeline (:mod:`connect_provider.outbox.processing` and
+:mod:`connect_provider.outbox.follow`) claims pending rows, creates the Connect requests, writes
+back the request id and status, then follows the requests until Connect decides them; every read
+and write of the table is a method of :class:`Outbox`, here.
 
 Why claims are columns and not a status: the status vocabulary belongs to the application
 (``pending``, ``submitted``, ``approved``, ``failed``, ``inquiring``, ``rejected``). A claim is a
@@ -163,7 +165,7 @@ def sql_dir() -> Path:
     """
     explicit = os.environ.get("CONNECT_SQL_DIR")
     candidates = [Path(explicit)] if explicit else []
-    candidates.append(Path(__file__).resolve().parents[2] / "include" / "sql")
+    candidates.append(Path(__file__).resolve().parents[3] / "include" / "sql")
     airflow_home = os.environ.get("AIRFLOW_HOME")
     if airflow_home:
         candidates.append(Path(airflow_home) / "include" / "sql")
@@ -685,14 +687,3 @@ def _batches(values: Sequence[int], size: int) -> Iterator[list[int]]:
     values = [int(v) for v in values]
     for start in range(0, len(values), size):
         yield values[start : start + size]
-
-
-def seed_demo_changes(outbox: Outbox) -> list[int]:
-    """Create the table if needed and add the demo rows of ``include/sql/demo_changes.sql``.
-
-    Returns the ids of the rows added (the demo and the tests run them against the sandbox).
-    """
-    outbox.create_schema()
-    before = {row.id for row in outbox.all()}
-    outbox.execute_script((sql_dir() / "demo_changes.sql").read_text())
-    return [row.id for row in outbox.all() if row.id not in before]
