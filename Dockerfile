@@ -36,8 +36,9 @@ RUN pip install --no-cache-dir \
         --constraint requirements/lock.txt \
     && python -c "import connect_provider, connect_sandbox; print('provider', connect_provider.__version__)"
 
-# DAGs and the outbox DDL baked in, so the image runs as it is (Kubernetes); docker-compose.yaml
-# mounts ./dags and ./include over them for development.
+# DAGs (with their glue, dags/connect_project) and the project's SQL (the demo rows) baked in, so the
+# image runs as it is (Kubernetes); docker-compose.yaml mounts ./dags and ./include over them for
+# development. The outbox DDL ships inside the provider package.
 COPY --chown=airflow:0 dags /opt/airflow/dags
 COPY --chown=airflow:0 include/sql /opt/airflow/include/sql
 ENV CONNECT_SQL_DIR=/opt/airflow/include/sql \
