@@ -330,6 +330,7 @@ class PurchaseArgs(ActionArgs):
         "the connection ``CT-...`` to use, when the product has several of that type on the hub; by "
         "default the one connection found."
     )
+    note: Any = arg("a note for the vendor, kept on the request (Connect's purchase ``note``).")
     reuse_existing_request: Any = arg(
         "return the purchase of an asset with this external id instead of creating another (default True).",
         default=True,
@@ -369,6 +370,7 @@ class PurchaseArgs(ActionArgs):
             connection_id=v.connection_id("connection_id", self.connection_id)
             if _given(self.connection_id)
             else None,
+            note=v.optional_text("note", self.note),
             reuse_existing_request=v.boolean("reuse_existing_request", self.reuse_existing_request),
             from_single_item=single,
         )
@@ -410,7 +412,10 @@ class PurchaseArgs(ActionArgs):
             "params": self.params,
             "tiers": dict(tiers),
         }
-        return {"type": self.action, "asset": asset, "marketplace": {"id": marketplace_id}}
+        body = {"type": self.action, "asset": asset, "marketplace": {"id": marketplace_id}}
+        if self.note is not None:
+            body["note"] = self.note
+        return body
 
 
 def _required_customer(customer: Any) -> dict[str, Any]:

@@ -188,3 +188,45 @@ class TestTheActionsTakeTheirDeclaration:
         assert body["asset"]["product"] == {"id": "PRD-276-377-545"}
         uid = arguments.default_asset_external_uid("sub-1", "PRD-276-377-545")
         assert body["asset"]["external_uid"] == uid
+
+
+class TestAPurchaseNote:
+    """``note`` (Connect's purchase body field): declared once, taken by the operator (templated), the
+    action and an outbox payload, and kept on the request Connect creates."""
+
+    CONTACT = {"first_name": "Rita", "last_name": "Reseller", "email": "rita@example.com",
+               "phone_number": "+1 2015550123"}  # fmt: skip
+    TIER = {
+        "name": "Demo Reseller", "external_id": "reseller-1",
+        "contact_info": {"address_line1": "1 Demo Street", "city": "Springfield", "postal_code": "10001",
+                         "country": "US", "contact": CONTACT},
+    }  # fmt: skip
+
+    def _purchase(self, external_id: str, **more: object) -> dict:
+        return {
+            "asset_external_id": external_id, "hub_id": "HB-0000-0001", "marketplace": "MP-00001",
+            "item_id": "PRD-276-377-545-0001", "quantity": 1, "tier1": self.TIER, "customer": self.TIER,
+            **more,
+        }  # fmt: skip
+
+    def test_the_operator_renders_it_and_connect_keeps_it(self, sandbox) -> None:
+        from connect_provider.hooks.connect import ConnectHook
+
+        op = ConnectPurchaseRequestOperator(task_id="buy", **self._purchase("note-1"), note="for {{ who }}")
+        assert "note" in op.template_fields
+        op.render_template_fields({"who": "Ada"})
+        result = op.execute({})
+        assert ConnectHook().get_request(result["request_id"])["note"] == "for Ada"
+
+    def test_an_outbox_payload_carries_it_to_connect(self, sandbox) -> None:
+        from connect_provider.hooks.connect import ConnectHook
+
+        payload = self._purchase("note-2", note="from the outbox")
+        result = actions.run_action(ConnectHook(), "purchase", payload)
+        assert ConnectHook().get_request(result.request_id)["note"] == "from the outbox"
+
+    def test_a_note_that_is_not_text_is_refused_before_any_call(self, sandbox) -> None:
+        calls = sandbox.admin("GET", "stats")["calls"]
+        with pytest.raises(ConnectValidationError, match=r"^note: "):
+            request_arguments("purchase", self._purchase("note-3", note=42)).checked()
+        assert sandbox.admin("GET", "stats")["calls"] == calls
