@@ -50,8 +50,6 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from airflow.sdk.exceptions import AirflowFailException
-
 from connect_provider import validation as v
 from connect_provider.arguments import (
     ActionArgs,
@@ -68,11 +66,13 @@ from connect_provider.arguments import (
 )
 from connect_provider.enums import AssetStatus, RequestStatus, RequestType
 from connect_provider.exceptions import (
+    ConnectAmbiguousLookupError,
     ConnectAmbiguousWriteError,
     ConnectAPIError,
     ConnectConflictError,
-    ConnectError,
-    ConnectNotFoundError,
+    ConnectLookupNotFoundError,
+    ConnectRequestFailedError,
+    ConnectRequestStateError,
     ConnectValidationError,
 )
 from connect_provider.rql import R
@@ -86,6 +86,8 @@ _A = TypeVar("_A", bound=ActionArgs)
 
 __all__ = [
     "ActionResult",
+    "ConnectRequestFailedError",
+    "ConnectRequestStateError",
     "approve",
     "cancel",
     "change",
@@ -133,33 +135,6 @@ VENDOR_RESULT_STATUS = {
     "inquire": RequestStatus.INQUIRING.value,
     "fail": RequestStatus.FAILED.value,
 }
-
-
-class ConnectRequestStateError(ConnectError):
-    """The request is not in a status that allows the asked vendor decision."""
-
-
-class ConnectRequestFailedError(ConnectError, AirflowFailException):
-    """The request ended without success (failed, revoked, or inquiring where that counts as failure).
-
-    It is the vendor's answer, not a glitch: retrying the task would only read the same answer, so
-    it fails the task without retries (``AirflowFailException``).
-    """
-
-    def __init__(self, message: str, *, request_id: str, status: str, reason: str | None = None) -> None:
-        self.request_id = request_id
-        self.status = status
-        self.reason = reason
-        super().__init__(message)
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild_failed, (str(self), self.request_id, self.status, self.reason))
-
-
-def _rebuild_failed(
-    message: str, request_id: str, status: str, reason: str | None
-) -> ConnectRequestFailedError:
-    return ConnectRequestFailedError(message, request_id=request_id, status=status, reason=reason)
 
 
 @dataclass(frozen=True)
@@ -242,16 +217,24 @@ def _resolve_asset(hook: ConnectHook, ref: AssetArgs) -> dict[str, Any]:
     """The one asset ``ref`` names; a clear error when there is none or more than one."""
     if ref.asset_id:
         return hook.get_asset(ref.asset_id)
-    found = list(hook.find_assets(external_id=ref.asset_external_id, external_uid=ref.asset_external_uid))
+    looked_for = {"external_id": ref.asset_external_id, "external_uid": ref.asset_external_uid}
+    found = list(hook.find_assets(**looked_for))
     if not found:
-        raise ConnectNotFoundError(f"No asset found with {ref.describe()}; check the id or pass asset_id.")
+        raise ConnectLookupNotFoundError(
+            f"No asset found with {ref.describe()}; check the id or pass asset_id.",
+            what="asset",
+            looked_for=looked_for,
+        )
     if len(found) > 1:
         listing = ", ".join(
             f"{a.get('id')} (external_uid {a.get('external_uid')}, status {a.get('status')})" for a in found
         )
-        raise ConnectError(
+        raise ConnectAmbiguousLookupError(
             f"{len(found)} assets match {ref.describe()}: {listing}. "
-            "Pass asset_id, or asset_external_uid as well, to say which one."
+            "Pass asset_id, or asset_external_uid as well, to say which one.",
+            what="asset",
+            looked_for=looked_for,
+            candidates=[str(a.get("id")) for a in found],
         )
     return found[0]
 
@@ -273,16 +256,21 @@ def _purchase_for_existing_asset(
         assets = ours or assets
     if len(assets) > 1:
         listing = ", ".join(f"{a.get('id')} (external_uid {a.get('external_uid')})" for a in assets)
-        raise ConnectError(
+        raise ConnectAmbiguousLookupError(
             f"{len(assets)} assets of product {product_id} have external_id {external_id!r}: {listing}. "
-            "Pass asset_external_uid to say which purchase is meant."
+            "Pass asset_external_uid to say which purchase is meant.",
+            what="asset",
+            looked_for={"external_id": external_id, "product_id": product_id},
+            candidates=[str(a.get("id")) for a in assets],
         )
     asset = assets[0]
     request = _latest(_requests_for_asset(hook, asset["id"], RequestType.PURCHASE.value))
     if request is None:
-        raise ConnectError(
+        raise ConnectLookupNotFoundError(
             f"Asset {asset['id']} (external_id {external_id!r}) exists but has no purchase request; "
-            "it cannot be bought again under the same external id."
+            "it cannot be bought again under the same external id.",
+            what="purchase request",
+            looked_for={"asset_id": asset["id"], "type": RequestType.PURCHASE.value},
         )
     return asset, request
 
@@ -608,10 +596,8 @@ def _purchase_payload(hook: ConnectHook, spec: PurchaseArgs) -> dict[str, Any]:
     if spec.connection_id is None:
         try:
             connection_id = hook.find_connection(spec.product_id, spec.hub_id, spec.connection_type)["id"]
-        except ConnectError as exc:
-            if type(exc) is not ConnectError:  # not found, transport, API errors: as they are
-                raise
-            raise ConnectError(f"{exc} (pass connection_id to choose one)") from None
+        except ConnectAmbiguousLookupError as exc:
+            raise exc.with_hint("pass connection_id to choose one") from None
     else:
         connection_id = spec.connection_id  # Connect checks it belongs to the product and hub
     tiers = {

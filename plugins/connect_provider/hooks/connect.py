@@ -67,11 +67,13 @@ from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 from connect_provider import CONNECT_API_BASE_URL, __version__
 from connect_provider.config import DEFAULT_CONN_ID
 from connect_provider.exceptions import (
+    ConnectAmbiguousLookupError,
     ConnectAmbiguousWriteError,
     ConnectAPIError,
     ConnectAuthError,
     ConnectConflictError,
     ConnectError,
+    ConnectLookupNotFoundError,
     ConnectNotFoundError,
     ConnectRateLimitError,
     ConnectTransportError,
@@ -1725,24 +1727,34 @@ class ConnectHook(BaseHook):
 
     @_redacting
     def find_marketplace(self, name_or_id: str) -> dict[str, Any]:
-        """The marketplace with this id (``MP-...``) or exact name; ConnectNotFoundError if none."""
+        """The marketplace with this id (``MP-...``) or exact name.
+
+        :class:`ConnectLookupNotFoundError` when there is none, :class:`ConnectAmbiguousLookupError`
+        (with the candidates' ids) when a name matches several.
+        """
         if not isinstance(name_or_id, str) or not name_or_id.strip():
             raise ConnectValidationError("marketplace", "give a marketplace id (MP-...) or name")
         wanted = name_or_id.strip()
         by_id = bool(_MARKETPLACE_ID_RE.fullmatch(wanted))
         query = R().id.eq(wanted) if by_id else R().name.eq(wanted)
         found = list(self.iter_items("/marketplaces", query))
+        looked_for = {"id" if by_id else "name": wanted}
         if not found:
-            raise ConnectNotFoundError(
+            raise ConnectLookupNotFoundError(
                 f"marketplace {wanted!r} not found: no marketplace has this {'id' if by_id else 'name'}; "
                 "check the spelling (names match exactly) or use the id",
+                what="marketplace",
+                looked_for=looked_for,
                 path="/marketplaces",
                 method="GET",
             )
         if len(found) > 1:
-            ids = ", ".join(str(m.get("id")) for m in found)
-            raise ConnectError(
-                f"marketplace name {wanted!r} matches several marketplaces ({ids}); use the id"
+            ids = [str(m.get("id")) for m in found]
+            raise ConnectAmbiguousLookupError(
+                f"marketplace name {wanted!r} matches several marketplaces ({', '.join(ids)}); use the id",
+                what="marketplace",
+                looked_for=looked_for,
+                candidates=ids,
             )
         return found[0]
 
@@ -1771,8 +1783,8 @@ class ConnectHook(BaseHook):
     ) -> dict[str, Any]:
         """The one connection of a product to a hub of this type (``production``/``test``/``preview``).
 
-        ConnectNotFoundError when there is none; a ConnectError listing the ids when there are several
-        (then the caller must name the connection).
+        :class:`ConnectLookupNotFoundError` when there is none; :class:`ConnectAmbiguousLookupError`
+        listing the ids when there are several (then the caller must name the connection).
         """
         product = _id_segment(product_id, "product_id")
         hub = _id_segment(hub_id, "hub_id")
@@ -1781,18 +1793,24 @@ class ConnectHook(BaseHook):
             for c in self.iter_items(f"/products/{product}/connections", R(hub__id=hub))
             if c.get("type") == connection_type
         ]
+        looked_for = {"product_id": product_id, "hub_id": hub_id, "type": connection_type}
         if not found:
-            raise ConnectNotFoundError(
+            raise ConnectLookupNotFoundError(
                 f"product {product_id} has no {connection_type} connection to hub {hub_id}; "
                 "check the hub id and the connection type, or create the connection in Connect",
+                what="connection",
+                looked_for=looked_for,
                 method="GET",
                 path=f"/products/{product}/connections",
             )
         if len(found) > 1:
-            ids = ", ".join(str(c.get("id")) for c in found)
-            raise ConnectError(
-                f"product {product_id} has several {connection_type} connections to hub {hub_id} ({ids}); "
-                "name the connection id to use"
+            ids = [str(c.get("id")) for c in found]
+            raise ConnectAmbiguousLookupError(
+                f"product {product_id} has several {connection_type} connections to hub {hub_id} "
+                f"({', '.join(ids)}); name the connection id to use",
+                what="connection",
+                looked_for=looked_for,
+                candidates=ids,
             )
         return found[0]
 

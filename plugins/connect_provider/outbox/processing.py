@@ -48,6 +48,7 @@ from connect_provider.exceptions import (
     ConnectAuthError,
     ConnectConflictError,
     ConnectError,
+    ConnectLookupError,
     ConnectNotFoundError,
     ConnectRateLimitError,
     ConnectValidationError,
@@ -223,7 +224,7 @@ def rejection_reason(exc: Exception) -> str | None:
         if exc.status is not None and 400 <= exc.status < 500 and exc.status not in (408, 429):
             return str(exc)
         return None
-    if type(exc) is ConnectError or isinstance(exc, actions.ConnectRequestStateError):
+    if type(exc) is ConnectError or isinstance(exc, (ConnectLookupError, actions.ConnectRequestStateError)):
         # Ambiguous look-ups (two assets with one external id, two connections for product+hub).
         return str(exc)
     return None

@@ -55,7 +55,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from connect_provider.config import CHANGES_DB_CONN_ID, data_dir
-from connect_provider.exceptions import ConnectError
+from connect_provider.exceptions import OutboxError
 
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
@@ -115,10 +115,6 @@ class ChangeStatus(str, Enum):
     FAILED = "failed"
     INQUIRING = "inquiring"
     REJECTED = "rejected"
-
-
-class OutboxError(ConnectError):
-    """The outbox database is missing, misconfigured or lacks the table."""
 
 
 def attempt_token(run_token: str, attempt_id: str) -> str:
