@@ -74,10 +74,12 @@ class ConnectError(AirflowException):
         return (_restore, (type(self), self.args, dict(vars(self))))
 
 
-class ConnectValidationError(ConnectError, ValueError):
+class ConnectValidationError(ConnectError, ValueError, AirflowFailException):
     """Input that can be checked locally is wrong; raised before any API call.
 
     ``field`` names the offending argument (e.g. ``items[0].quantity``) so the caller can fix it.
+    It is an ``AirflowFailException``: no task retry can change the input, so the task fails at
+    once, whatever the DAG's ``retries`` (decided by this class, not by each DAG).
     """
 
     def __init__(self, field: str, message: str) -> None:
@@ -91,7 +93,7 @@ class ConnectAPIError(ConnectError):
     ``error_code`` and ``errors`` are Connect's own (``{"error_code": ..., "errors": [...]}``);
     ``params`` is the ``params`` object some answers add (a 409 names the request and asset that
     already exist: ``request_id``, ``asset_id``, ``request_status``, ``asset_status``), ``{}`` when
-    there is none. ``retryable`` is True for 5xx and 429 (the hook retried them already).
+    there is none. ``retryable`` is True for 5xx and 429 (the hook retried them already) and 408.
     """
 
     def __init__(
@@ -111,7 +113,8 @@ class ConnectAPIError(ConnectError):
         self.params = dict(params or {})
         self.method = method
         self.path = path
-        self.retryable = status is not None and (status == 429 or status >= 500)
+        # 408 (request timeout) too: the server gave up waiting, the same call may well succeed.
+        self.retryable = status is not None and (status in (408, 429) or status >= 500)
         super().__init__(message)
 
 

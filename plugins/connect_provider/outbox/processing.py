@@ -44,13 +44,13 @@ from connect_provider import validation as v
 from connect_provider.config import CHANGES_DB_CONN_ID, DEFAULT_CONN_ID
 from connect_provider.enums import RequestStatus
 from connect_provider.exceptions import (
+    ConnectAmbiguousWriteError,
     ConnectAPIError,
     ConnectAuthError,
     ConnectConflictError,
     ConnectError,
     ConnectLookupError,
-    ConnectNotFoundError,
-    ConnectRateLimitError,
+    ConnectTransportError,
     ConnectValidationError,
 )
 from connect_provider.outbox.table import (
@@ -203,31 +203,29 @@ def shorten(text: str, limit: int = 80) -> str:
 
 
 def rejection_reason(exc: Exception) -> str | None:
-    """The reason to reject a row for, or None when the error is transient (retry the row later).
+    """The reason to reject a row for, or None when the row should be tried again later.
 
-    Input the local checks refuse, Connect's 4xx answers (except 429) and look-ups that found none
-    or several matches are about the row itself: retrying cannot help. Transport errors, 5xx, 429
-    and unknown outcomes are about Connect's availability: the row is tried again.
+    Decided by the error's class and its ``retryable`` attribute (the hook sets it; see
+    :mod:`connect_provider.exceptions`), never by status codes: what may succeed later as it is
+    (Connect unreachable, 5xx, 429, 408, after the hook's own retries) is about Connect's
+    availability, and so is a write whose outcome is unknown, a transport failure and an answer
+    that is not Connect's (an API error with no status): the row is tried again. Everything else
+    the provider raises is about the row itself (bad input, Connect's 4xx, look-ups that found
+    none or several, a request in the wrong status): retrying cannot help, the row is rejected
+    with the message. A 409 naming an open request (of another type: the action returns its own
+    as reused) keeps the row pending until Connect has decided that one.
     """
-    if isinstance(exc, ConnectValidationError):
-        return str(exc)
-    if isinstance(exc, ConnectRateLimitError):
+    if not isinstance(exc, ConnectError) or exc.retryable or isinstance(exc, _ABOUT_CONNECT):
         return None
-    if isinstance(exc, ConnectNotFoundError):
-        return str(exc)
     if isinstance(exc, ConnectConflictError) and exc.params.get("request_status") in actions.OPEN_STATUSES:
-        # A 409 naming an open request (of another type: the action returns its own as reused):
-        # the row waits until Connect has decided that one, then goes.
         return None
-    if isinstance(exc, ConnectAPIError):
-        # The hook's message already carries Connect's error_code and errors.
-        if exc.status is not None and 400 <= exc.status < 500 and exc.status not in (408, 429):
-            return str(exc)
-        return None
-    if type(exc) is ConnectError or isinstance(exc, (ConnectLookupError, actions.ConnectRequestStateError)):
-        # Ambiguous look-ups (two assets with one external id, two connections for product+hub).
-        return str(exc)
-    return None
+    if isinstance(exc, ConnectAPIError) and exc.status is None and not isinstance(exc, ConnectLookupError):
+        return None  # an answer that is not Connect's (not JSON, no Content-Range)
+    return str(exc)  # the hook's message already carries Connect's error_code and errors
+
+
+#: Errors about reaching Connect, not about the row, even when waiting alone cannot fix them.
+_ABOUT_CONNECT = (ConnectAmbiguousWriteError, ConnectTransportError)
 
 
 def _row_status_of(request_status: Any) -> str:

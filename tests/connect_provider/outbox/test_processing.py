@@ -13,9 +13,12 @@ import pytest
 from connect_project.demo import seed_demo_changes
 from connect_provider import actions
 from connect_provider.exceptions import (
+    ConnectAmbiguousWriteError,
     ConnectAPIError,
     ConnectAuthError,
+    ConnectConflictError,
     ConnectError,
+    ConnectTransportError,
     ConnectValidationError,
 )
 from connect_provider.hooks.connect import ConnectHook
@@ -427,3 +430,40 @@ class TestAConflictOnCreate:
             assert row.connect_request_id is None
             assert "A request for this asset exists already." in row.error
         assert _stats(sandbox)["requests_created"] == 1
+
+
+class _SomeNewConnectError(ConnectError):
+    """A kind of error the outbox has never heard of (a future one of the provider's)."""
+
+
+class TestARowsFateIsDecidedByTheErrorsKind:
+    """A failing row is rejected or tried again by the error's class and ``retryable``, never by
+    matching exact types or status codes: a kind of error added later is judged the same way."""
+
+    @pytest.mark.parametrize(
+        ("error", "rejected"),
+        [
+            (ConnectValidationError("quantity", "must be a whole number"), True),
+            (ConnectAPIError("400 on POST /requests", status=400), True),
+            (ConnectAPIError("408 on GET /assets", status=408), False),
+            (ConnectAPIError("503 on GET /assets", status=503), False),
+            (ConnectAPIError("GET /assets: expected a JSON array"), False),
+            (_SomeNewConnectError("a new kind of refusal"), True),
+            (ConnectTransportError("GET /x: TLS", retryable=False), False),
+            (ConnectTransportError("GET /x: unreachable"), False),
+            (ConnectAmbiguousWriteError("POST /requests: dropped"), False),
+            (ConnectConflictError("409", status=409, params={"request_status": "pending"}), False),
+            (ConnectConflictError("409", status=409, params={"request_status": "approved"}), True),
+            (RuntimeError("a bug of ours"), False),
+        ],
+        ids=["bad input", "a 400", "a 408", "a 503", "an answer that is not Connect's",
+             "a new non-retryable kind", "TLS", "unreachable", "an ambiguous write",
+             "a 409 naming an open request", "a 409 naming a decided request", "not a Connect error"],
+    )  # fmt: skip
+    def test_the_row_is_rejected_only_for_what_retrying_cannot_change(
+        self, error: Exception, rejected: bool
+    ) -> None:
+        reason = processing.rejection_reason(error)
+        assert (reason is not None) is rejected
+        if rejected:
+            assert reason == str(error)
