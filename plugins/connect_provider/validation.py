@@ -22,6 +22,8 @@ PRODUCT_ID_RE = re.compile(r"^PRD-\d{3}-\d{3}-\d{3}$")
 ITEM_GLOBAL_ID_RE = re.compile(r"^PRD-\d{3}-\d{3}-\d{3}-\d{4}$")
 ITEM_LOCAL_ID_RE = re.compile(r"^[A-Za-z0-9_]+$")
 HUB_ID_RE = re.compile(r"^HB-\d{4}-\d{4}$")
+#: A marketplace id (``MP-65669``, as CloudBlue's own fixtures carry them): the one pattern the
+#: checks and the hook's look-up (id or name?) both use.
 MARKETPLACE_ID_RE = re.compile(r"^MP-\d+$")
 ASSET_ID_RE = re.compile(r"^AS-\d+(-\d+)*$")
 REQUEST_ID_RE = re.compile(r"^PR-\d+(-\d+)*$")

@@ -82,6 +82,7 @@ from connect_provider.exceptions import (
 from connect_provider.rql import R, as_rql, render_value, to_query_string
 from connect_provider.rql import ordering as rql_ordering
 from connect_provider.rql import select as rql_select
+from connect_provider.validation import MARKETPLACE_ID_RE
 
 __all__ = [
     "AMBIGUOUS",
@@ -162,7 +163,6 @@ _HTTP_OPTION_EXTRAS = frozenset(
 _CONTENT_RANGE_RE = re.compile(r"^\s*items\s+(\d+)-(\d+)/(\d+)\s*$")
 _ERRNO_RE = re.compile(r"\[Errno -?\d+\] [^'\")\]]+")
 _ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
-_MARKETPLACE_ID_RE = re.compile(r"MP-\d+(-\d+)*")
 # A path segment that is a Connect object id (PRD-276-377-545, PR-1234-..., MP-00001, UF-2026-...).
 _OBJECT_ID_SEGMENT_RE = re.compile(r"/[A-Z]{2,4}(-[0-9A-Za-z]+)+(/|$)")
 _APIKEY_PREFIX_RE = re.compile(r"apikey(\s+|$)", re.IGNORECASE)
@@ -1735,7 +1735,7 @@ class ConnectHook(BaseHook):
         if not isinstance(name_or_id, str) or not name_or_id.strip():
             raise ConnectValidationError("marketplace", "give a marketplace id (MP-...) or name")
         wanted = name_or_id.strip()
-        by_id = bool(_MARKETPLACE_ID_RE.fullmatch(wanted))
+        by_id = bool(MARKETPLACE_ID_RE.fullmatch(wanted))
         query = R().id.eq(wanted) if by_id else R().name.eq(wanted)
         found = list(self.iter_items("/marketplaces", query))
         looked_for = {"id" if by_id else "name": wanted}

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from airflow.sdk import BaseOperator, BaseOperatorLink
 from airflow.sdk.configuration import conf
 
-from connect_provider import actions
+from connect_provider import CONNECT_PORTAL_URL, actions
 from connect_provider.actions import ActionResult, ConnectRequestFailedError
 from connect_provider.arguments import (
     ActionArgs,
@@ -53,9 +53,6 @@ if TYPE_CHECKING:
 
     from connect_provider.hooks.connect import ConnectHook
 
-#: Portal of the production Connect. Requests open at ``<portal>/subscriptions/fulfillment/<id>``
-#: (the path CloudBlue's own extensions link to); set ``[connect] portal_url`` for another portal.
-CONNECT_PORTAL_URL = "https://portal.connect.cloudblue.com"
 #: XCom key under which an operator records the request its extra link points to.
 REQUEST_ID_XCOM_KEY = "connect_request_id"
 
@@ -64,7 +61,7 @@ FAILURE_STATUSES: tuple[str, ...] = (RequestStatus.FAILED.value, RequestStatus.R
 
 
 def portal_request_url(request_id: str) -> str:
-    """The Connect portal page of a request."""
+    """The Connect portal page of a request (``[connect] portal_url``, declared by the provider)."""
     base = conf.get("connect", "portal_url", fallback=CONNECT_PORTAL_URL) or CONNECT_PORTAL_URL
     return f"{base.rstrip('/')}/subscriptions/fulfillment/{request_id}"
 
@@ -148,7 +145,7 @@ class _ConnectActionOperator(_ConnectOperator):
         declaration = cls.__dict__.get("arguments")
         if declaration is None:
             return
-        cls.template_fields = declaration.template_fields()
+        cls.template_fields = ("connect_conn_id", *declaration.template_fields())
         cls.__doc__ = f"{inspect.cleandoc(cls.__doc__ or '')}\n\n{declaration.param_docs()}"
         cls.__init__ = _declared_init(cls, declaration)  # type: ignore[method-assign]
 
