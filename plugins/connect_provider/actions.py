@@ -48,7 +48,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from connect_provider import validation as v
 from connect_provider.arguments import (
@@ -405,16 +405,10 @@ def _in_the_way(exc: ConnectConflictError, named: Mapping[str, Any], what: str) 
         else "the asset is not in a state this request can start from"
     )
     detail = "; ".join(exc.errors)
-    return ConnectConflictError(
+    return exc.reworded(
         f"Connect refused {what}: request {named.get('id')} ({named.get('type')}, {status}) of asset "
         f"{exc.params.get('asset_id')} ({exc.params.get('asset_status')}) is in the way"
-        f"{f' ({detail})' if detail else ''}; {advice}",
-        status=exc.status,
-        error_code=exc.error_code,
-        errors=exc.errors,
-        method=exc.method,
-        path=exc.path,
-        params=exc.params,
+        f"{f' ({detail})' if detail else ''}; {advice}"
     )
 
 
@@ -628,17 +622,11 @@ def _settle_purchase(hook: ConnectHook, spec: PurchaseArgs, exc: ConnectAPIError
     their = named.get("asset") or {}
     their_product = (their.get("product") or {}).get("id")
     if their_product not in (None, spec.product_id):
-        raise ConnectConflictError(
+        raise cast("ConnectConflictError", exc).reworded(  # only a 409 names a request
             f"Connect refused the purchase of {spec.asset_external_id!r}: asset {their.get('id')} of "
             f"product {their_product} already has external_uid {spec.external_uid!r}; an "
             f"external uid names one asset, so give this product's purchase another "
-            "asset_external_uid",
-            status=exc.status,
-            error_code=exc.error_code,
-            errors=exc.errors,
-            method=exc.method,
-            path=exc.path,
-            params=exc.params,
+            "asset_external_uid"
         ) from exc
     if named.get("type") == RequestType.PURCHASE.value:
         return named

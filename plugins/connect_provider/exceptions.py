@@ -137,6 +137,18 @@ class ConnectConflictError(ConnectAPIError):
     a request as that request (``reused``).
     """
 
+    def reworded(self, message: str) -> ConnectConflictError:
+        """The same refusal (status, Connect's errors and ``params``) told the caller's way."""
+        return ConnectConflictError(
+            message,
+            status=self.status,
+            error_code=self.error_code,
+            errors=self.errors,
+            method=self.method,
+            path=self.path,
+            params=self.params,
+        )
+
 
 class ConnectRateLimitError(ConnectAPIError):
     """429 answers went on past the configured attempts or maximum wait."""

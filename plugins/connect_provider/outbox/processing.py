@@ -365,22 +365,11 @@ def submit_chunk(
     rows = outbox.claimed(token, ids)
     report.claimed = len(rows)
     report.skipped = len({int(i) for i in ids}) - len(rows)
-    todo = list(rows)
     errors: dict[int, str] = {}
     try:
-        for round_, delay in enumerate([0.0, *retry_delays]):
-            if not todo:
-                break
-            if round_:
-                log.info("Retrying %d change(s) after a transient error, in %.1fs.", len(todo), delay)
-                time.sleep(delay)
-            failed: list[Change] = []
-            for change in todo:
-                error = _submit_one(outbox, lookups, token, attempt, change, run, report)
-                if error is not None:
-                    errors[change.id] = error
-                    failed.append(change)
-            todo = failed
+        todo = _submit_in_rounds(rows, retry_delays, errors, lambda change: _submit_one(
+            outbox, lookups, token, attempt, change, run, report
+        ))  # fmt: skip
     except BaseException:
         # Rows this attempt holds (in flight, or waiting for a retry) and rows it never reached.
         row_ids = [c.id for c in rows]
@@ -392,6 +381,31 @@ def submit_chunk(
         outbox.release(attempt, [change.id], error=f"will retry: {errors[change.id]}")
         report.retry_later += 1
     return report
+
+
+def _submit_in_rounds(
+    rows: Sequence[Change],
+    retry_delays: Sequence[float],
+    errors: dict[int, str],
+    submit: Callable[[Change], str | None],
+) -> list[Change]:
+    """Submit every row, then the transiently failed ones again after each delay; the rows still
+    failing (their errors recorded in ``errors``)."""
+    todo = list(rows)
+    for round_, delay in enumerate([0.0, *retry_delays]):
+        if not todo:
+            break
+        if round_:
+            log.info("Retrying %d change(s) after a transient error, in %.1fs.", len(todo), delay)
+            time.sleep(delay)
+        failed: list[Change] = []
+        for change in todo:
+            error = submit(change)
+            if error is not None:
+                errors[change.id] = error
+                failed.append(change)
+        todo = failed
+    return todo
 
 
 def _submit_one(
