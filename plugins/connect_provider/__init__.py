@@ -3,22 +3,32 @@
 Airflow discovers this package through the ``apache_airflow_provider`` entry point, which returns
 :func:`get_provider_info`. That dictionary is the provider's one declaration: the connection type,
 its form (declarative ``ui-field-behaviour`` and ``conn-fields``, Airflow 3.2+), and the modules
-that hold hooks, operators, sensors and triggers.
+that hold hooks, operators, sensors and triggers, and the ``[connect]`` options it reads.
+
+The version is the installed distribution's (package metadata), written once, in ``pyproject.toml``.
 """
 
 from __future__ import annotations
 
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-__version__ = "0.1.0"
+DISTRIBUTION = "airflow-provider-cloudblue-connect"
+try:
+    __version__ = version(DISTRIBUTION)
+except PackageNotFoundError:  # pragma: no cover - imported from a source tree that is not installed
+    __version__ = "0+unknown"
 
 CONNECT_API_BASE_URL = "https://api.connect.cloudblue.com/public/v1"
+#: Portal of the production Connect: the default of ``[connect] portal_url``. Requests open at
+#: ``<portal>/subscriptions/fulfillment/<id>`` (the path CloudBlue's own extensions link to).
+CONNECT_PORTAL_URL = "https://portal.connect.cloudblue.com"
 
 
 def get_provider_info() -> dict[str, Any]:
     """Describe the provider to Airflow's ProvidersManager (read once per process)."""
     return {
-        "package-name": "airflow-provider-cloudblue-connect",
+        "package-name": DISTRIBUTION,
         "name": "CloudBlue Connect",
         "description": "Create and follow CloudBlue Connect subscription requests; export usage records.",
         "versions": [__version__],
@@ -96,4 +106,20 @@ def get_provider_info() -> dict[str, Any]:
             }
         ],
         "extra-links": ["connect_provider.operators.requests.ConnectRequestLink"],
+        "config": {
+            "connect": {
+                "description": "Options of the CloudBlue Connect provider.",
+                "options": {
+                    "portal_url": {
+                        "description": "Base URL of the Connect portal the operators' *Connect request* "
+                        "links open (``<portal_url>/subscriptions/fulfillment/<request id>``); set it for a "
+                        "portal other than the production one.\n",
+                        "version_added": "0.1.0",
+                        "type": "string",
+                        "example": "https://portal.connect.example.com",
+                        "default": CONNECT_PORTAL_URL,
+                    }
+                },
+            }
+        },
     }

@@ -1,5 +1,11 @@
 """The one exception family of the provider.
 
+Every exception of the provider is here, in one family under :class:`ConnectError` (the usage
+exporter's internal :class:`PageFormatError` aside): the hook's (validation, API answers,
+transport, ambiguous writes), the look-ups' (:class:`ConnectLookupError`: none or several found),
+the actions' (a request in the wrong status, a request that ended without success) and the
+outbox's (its database or table).
+
 Every message says what failed and what to do about it. None ever contains the API key: messages
 are built from the method, the path relative to the API base, the status and Connect's own
 ``error_code``/``errors``, never from headers or the connection's password, and the hook scrubs
@@ -15,10 +21,11 @@ looked up before anything is tried again).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, TypeVar
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar, TypeVar
 
 from airflow.exceptions import AirflowException
+from airflow.sdk.exceptions import AirflowFailException
 
 _E = TypeVar("_E", bound="ConnectError")
 
@@ -67,10 +74,12 @@ class ConnectError(AirflowException):
         return (_restore, (type(self), self.args, dict(vars(self))))
 
 
-class ConnectValidationError(ConnectError, ValueError):
+class ConnectValidationError(ConnectError, ValueError, AirflowFailException):
     """Input that can be checked locally is wrong; raised before any API call.
 
     ``field`` names the offending argument (e.g. ``items[0].quantity``) so the caller can fix it.
+    It is an ``AirflowFailException``: no task retry can change the input, so the task fails at
+    once, whatever the DAG's ``retries`` (decided by this class, not by each DAG).
     """
 
     def __init__(self, field: str, message: str) -> None:
@@ -84,7 +93,7 @@ class ConnectAPIError(ConnectError):
     ``error_code`` and ``errors`` are Connect's own (``{"error_code": ..., "errors": [...]}``);
     ``params`` is the ``params`` object some answers add (a 409 names the request and asset that
     already exist: ``request_id``, ``asset_id``, ``request_status``, ``asset_status``), ``{}`` when
-    there is none. ``retryable`` is True for 5xx and 429 (the hook retried them already).
+    there is none. ``retryable`` is True for 5xx and 429 (the hook retried them already) and 408.
     """
 
     def __init__(
@@ -104,7 +113,8 @@ class ConnectAPIError(ConnectError):
         self.params = dict(params or {})
         self.method = method
         self.path = path
-        self.retryable = status is not None and (status == 429 or status >= 500)
+        # 408 (request timeout) too: the server gave up waiting, the same call may well succeed.
+        self.retryable = status is not None and (status in (408, 429) or status >= 500)
         super().__init__(message)
 
 
@@ -126,6 +136,18 @@ class ConnectConflictError(ConnectAPIError):
     ``cbcext/services/fulfillment/base.py`` and ``purchase.py``. The actions treat a 409 that names
     a request as that request (``reused``).
     """
+
+    def reworded(self, message: str) -> ConnectConflictError:
+        """The same refusal (status, Connect's errors and ``params``) told the caller's way."""
+        return ConnectConflictError(
+            message,
+            status=self.status,
+            error_code=self.error_code,
+            errors=self.errors,
+            method=self.method,
+            path=self.path,
+            params=self.params,
+        )
 
 
 class ConnectRateLimitError(ConnectAPIError):
@@ -162,3 +184,89 @@ class ConnectTransportError(ConnectError):
         self.path = path
         self.retryable = retryable
         super().__init__(message)
+
+
+class ConnectLookupError(ConnectError):
+    """A look-up (asset, marketplace, connection, purchase...) found none, or several, of ``what``.
+
+    ``what`` names the kind of object, ``looked_for`` the criteria (``{"external_id": "sub-1"}``),
+    ``candidates`` the ids found when there were several (empty when none), and ``kind`` says
+    which: :data:`NOT_FOUND` (:class:`ConnectLookupNotFoundError`, also a
+    :class:`ConnectNotFoundError`) or :data:`AMBIGUOUS` (:class:`ConnectAmbiguousLookupError`).
+    Not ``retryable``: the same look-up finds the same until the data changes, so an outbox row is
+    rejected with the message, which says how to choose.
+    """
+
+    NOT_FOUND: ClassVar[str] = "not_found"
+    AMBIGUOUS: ClassVar[str] = "ambiguous"
+    kind: ClassVar[str]
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        what: str,
+        looked_for: Mapping[str, Any],
+        candidates: Sequence[str] = (),
+        **api: Any,
+    ) -> None:
+        self.what = what
+        self.looked_for = dict(looked_for)
+        self.candidates = list(candidates)
+        super().__init__(message, **api)
+
+
+class ConnectLookupNotFoundError(ConnectLookupError, ConnectNotFoundError):
+    """A look-up found nothing (also a :class:`ConnectNotFoundError`, as a 404 is)."""
+
+    kind: ClassVar[str] = ConnectLookupError.NOT_FOUND
+
+
+class ConnectAmbiguousLookupError(ConnectLookupError):
+    """A look-up found several where one was needed; ``candidates`` are their ids."""
+
+    kind: ClassVar[str] = ConnectLookupError.AMBIGUOUS
+
+    def with_hint(self, hint: str) -> ConnectAmbiguousLookupError:
+        """The same error, its message ending with how the caller chooses (``pass connection_id``)."""
+        return type(self)(
+            f"{self} ({hint})", what=self.what, looked_for=self.looked_for, candidates=self.candidates
+        )
+
+
+class ConnectRequestStateError(ConnectError):
+    """The request is not in a status that allows the asked vendor decision."""
+
+
+class ConnectRequestFailedError(ConnectError, AirflowFailException):
+    """The request ended without success (failed, revoked, or inquiring where that counts as failure).
+
+    It is the vendor's answer, not a glitch: retrying the task would only read the same answer, so
+    it fails the task without retries (``AirflowFailException``).
+    """
+
+    def __init__(self, message: str, *, request_id: str, status: str, reason: str | None = None) -> None:
+        self.request_id = request_id
+        self.status = status
+        self.reason = reason
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_failed, (str(self), self.request_id, self.status, self.reason))
+
+
+def _rebuild_failed(
+    message: str, request_id: str, status: str, reason: str | None
+) -> ConnectRequestFailedError:
+    return ConnectRequestFailedError(message, request_id=request_id, status=status, reason=reason)
+
+
+class OutboxError(ConnectError):
+    """The outbox database is missing, misconfigured or lacks the table."""
+
+
+class PageFormatError(ValueError):
+    """A usage page is not a JSON array of objects at all: a protocol error, not a bad record.
+
+    Internal to the usage exporter, which turns it into a :class:`ConnectError` naming the page.
+    """

@@ -22,6 +22,8 @@ PRODUCT_ID_RE = re.compile(r"^PRD-\d{3}-\d{3}-\d{3}$")
 ITEM_GLOBAL_ID_RE = re.compile(r"^PRD-\d{3}-\d{3}-\d{3}-\d{4}$")
 ITEM_LOCAL_ID_RE = re.compile(r"^[A-Za-z0-9_]+$")
 HUB_ID_RE = re.compile(r"^HB-\d{4}-\d{4}$")
+#: A marketplace id (``MP-65669``, as CloudBlue's own fixtures carry them): the one pattern the
+#: checks and the hook's look-up (id or name?) both use.
 MARKETPLACE_ID_RE = re.compile(r"^MP-\d+$")
 ASSET_ID_RE = re.compile(r"^AS-\d+(-\d+)*$")
 REQUEST_ID_RE = re.compile(r"^PR-\d+(-\d+)*$")
@@ -357,63 +359,65 @@ def tier(field: str, value: Any) -> dict[str, Any]:
     value = _decoded(field, value)
     if not isinstance(value, Mapping):
         raise _fail(field, f"must be a dict with name, external_id and contact_info, got {value!r}")
-    known = {"name", "external_id", "external_uid", "tax_id", "contact_info", "id", "type"}
-    unknown = set(value) - known
-    if unknown:
-        raise _fail(field, f"unknown keys {sorted(unknown)}; allowed: {sorted(known)}")
+    _known_keys(field, value, {"name", "external_id", "external_uid", "tax_id", "contact_info", "id", "type"})
     out: dict[str, Any] = {
         "name": require_text(f"{field}.name", value.get("name")),
         "external_id": _external_id(f"{field}.external_id", value.get("external_id")),
     }
-    uid = optional_text(f"{field}.external_uid", value.get("external_uid"))
-    if uid is not None:
-        out["external_uid"] = uid
-    for key in ("tax_id", "id", "type"):
+    for key in ("external_uid", "tax_id", "id", "type"):
         extra = optional_text(f"{field}.{key}", value.get(key))
         if extra is not None:
             out[key] = extra
-    info = value.get("contact_info")
-    info_field = f"{field}.contact_info"
-    if not isinstance(info, Mapping):
-        raise _fail(info_field, "is required: {address_line1, city, postal_code, country, contact{...}}")
-    info_known = {"address_line1", "address_line2", "city", "state", "postal_code", "country", "contact"}
-    unknown = set(info) - info_known
+    out["contact_info"] = _contact_info(f"{field}.contact_info", value.get("contact_info"))
+    return out
+
+
+def _known_keys(field: str, value: Mapping[str, Any], known: set[str]) -> None:
+    unknown = set(value) - known
     if unknown:
-        raise _fail(info_field, f"unknown keys {sorted(unknown)}; allowed: {sorted(info_known)}")
-    contact_info: dict[str, Any] = {}
+        raise _fail(field, f"unknown keys {sorted(unknown)}; allowed: {sorted(known)}")
+
+
+def _contact_info(field: str, info: Any) -> dict[str, Any]:
+    """A tier account's ``contact_info``: the address (an ISO country) and the contact."""
+    if not isinstance(info, Mapping):
+        raise _fail(field, "is required: {address_line1, city, postal_code, country, contact{...}}")
+    _known_keys(
+        field, info, {"address_line1", "address_line2", "city", "state", "postal_code", "country", "contact"}
+    )
+    out: dict[str, Any] = {}
     for key in ("address_line1", "city", "postal_code"):
-        contact_info[key] = require_text(f"{info_field}.{key}", _stringish(info.get(key)))
+        out[key] = require_text(f"{field}.{key}", _stringish(info.get(key)))
     for key in ("address_line2", "state"):
-        extra = optional_text(f"{info_field}.{key}", info.get(key))
+        extra = optional_text(f"{field}.{key}", info.get(key))
         if extra is not None:
-            contact_info[key] = extra
-    country = require_text(f"{info_field}.country", info.get("country"), "a two-letter ISO country code")
+            out[key] = extra
+    country = require_text(f"{field}.country", info.get("country"), "a two-letter ISO country code")
     if country.upper() not in ISO_COUNTRIES:
         raise _fail(
-            f"{info_field}.country", f"{country!r} is not a two-letter ISO 3166 country code (e.g. US, DE)"
+            f"{field}.country", f"{country!r} is not a two-letter ISO 3166 country code (e.g. US, DE)"
         )
-    contact_info["country"] = country.upper()
-    contact = info.get("contact")
-    contact_field = f"{info_field}.contact"
-    if not isinstance(contact, Mapping):
-        raise _fail(contact_field, "is required: {first_name, last_name, email, phone_number}")
-    contact_known = {"first_name", "last_name", "email", "phone_number"}
-    unknown = set(contact) - contact_known
-    if unknown:
-        raise _fail(contact_field, f"unknown keys {sorted(unknown)}; allowed: {sorted(contact_known)}")
-    email = require_text(f"{contact_field}.email", contact.get("email"), "an e-mail address")
-    if not EMAIL_RE.match(email):
-        raise _fail(f"{contact_field}.email", f"{email!r} is not a valid e-mail address")
-    if contact.get("phone_number") is None:
-        raise _fail(f"{contact_field}.phone_number", "is required")
-    contact_info["contact"] = {
-        "first_name": require_text(f"{contact_field}.first_name", contact.get("first_name")),
-        "last_name": require_text(f"{contact_field}.last_name", contact.get("last_name")),
-        "email": email,
-        "phone_number": _phone(f"{contact_field}.phone_number", contact.get("phone_number")),
-    }
-    out["contact_info"] = contact_info
+    out["country"] = country.upper()
+    out["contact"] = _contact(f"{field}.contact", info.get("contact"))
     return out
+
+
+def _contact(field: str, contact: Any) -> dict[str, Any]:
+    """A tier account's contact person: names, a valid e-mail address and a phone."""
+    if not isinstance(contact, Mapping):
+        raise _fail(field, "is required: {first_name, last_name, email, phone_number}")
+    _known_keys(field, contact, {"first_name", "last_name", "email", "phone_number"})
+    email = require_text(f"{field}.email", contact.get("email"), "an e-mail address")
+    if not EMAIL_RE.match(email):
+        raise _fail(f"{field}.email", f"{email!r} is not a valid e-mail address")
+    if contact.get("phone_number") is None:
+        raise _fail(f"{field}.phone_number", "is required")
+    return {
+        "first_name": require_text(f"{field}.first_name", contact.get("first_name")),
+        "last_name": require_text(f"{field}.last_name", contact.get("last_name")),
+        "email": email,
+        "phone_number": _phone(f"{field}.phone_number", contact.get("phone_number")),
+    }
 
 
 def _stringish(value: Any) -> Any:
@@ -516,6 +520,20 @@ def asset_identity(
     ext = external_id("asset_external_id", asset_external_id) if _present(asset_external_id) else None
     uid = external_id("asset_external_uid", asset_external_uid) if _present(asset_external_uid) else None
     return None, ext, uid
+
+
+def positive_int(field: str, value: Any) -> int:
+    """A whole number above zero: an int or its text (an environment variable, a DAG param).
+
+    Booleans and fractions are refused (``True`` is not a batch size, ``2.5`` rows cannot be claimed).
+    """
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        number = 0
+    if number <= 0 or (isinstance(value, float) and value != number) or isinstance(value, bool):
+        raise _fail(field, f"must be a positive whole number, got {value!r}")
+    return number
 
 
 def boolean(field: str, value: Any) -> bool:

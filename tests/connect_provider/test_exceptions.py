@@ -96,3 +96,24 @@ class TestScrub:
             caught = error
         caught.scrub(self.redact)
         assert caught.__cause__ is None and caught.__context__ is None and caught.__suppress_context__
+
+
+class TestWhatATaskRetryCanChange:
+    """Above the hook, retries are decided by class and ``retryable``: bad input fails a task at
+    once (an ``AirflowFailException``, whatever the DAG's ``retries``); a 408 may succeed later."""
+
+    def test_bad_input_fails_the_task_without_retries(self) -> None:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        error = ConnectValidationError("quantity", "must be a whole number")
+        assert isinstance(error, AirflowFailException) and isinstance(error, ValueError)
+        assert isinstance(pickle.loads(pickle.dumps(error)), AirflowFailException)  # noqa: S301
+
+    @pytest.mark.parametrize(
+        ("status", "retryable"), [(400, False), (404, False), (408, True), (429, True), (502, True)],
+        ids=["400", "404", "408", "429", "502"],
+    )  # fmt: skip
+    def test_an_answer_is_retryable_when_the_same_call_may_succeed_later(
+        self, status: int, retryable: bool
+    ) -> None:
+        assert ConnectAPIError(f"{status} on GET /x", status=status).retryable is retryable

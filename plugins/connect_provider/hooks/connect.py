@@ -67,11 +67,13 @@ from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 from connect_provider import CONNECT_API_BASE_URL, __version__
 from connect_provider.config import DEFAULT_CONN_ID
 from connect_provider.exceptions import (
+    ConnectAmbiguousLookupError,
     ConnectAmbiguousWriteError,
     ConnectAPIError,
     ConnectAuthError,
     ConnectConflictError,
     ConnectError,
+    ConnectLookupNotFoundError,
     ConnectNotFoundError,
     ConnectRateLimitError,
     ConnectTransportError,
@@ -80,6 +82,7 @@ from connect_provider.exceptions import (
 from connect_provider.rql import R, as_rql, render_value, to_query_string
 from connect_provider.rql import ordering as rql_ordering
 from connect_provider.rql import select as rql_select
+from connect_provider.validation import MARKETPLACE_ID_RE
 
 __all__ = [
     "AMBIGUOUS",
@@ -160,7 +163,6 @@ _HTTP_OPTION_EXTRAS = frozenset(
 _CONTENT_RANGE_RE = re.compile(r"^\s*items\s+(\d+)-(\d+)/(\d+)\s*$")
 _ERRNO_RE = re.compile(r"\[Errno -?\d+\] [^'\")\]]+")
 _ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
-_MARKETPLACE_ID_RE = re.compile(r"MP-\d+(-\d+)*")
 # A path segment that is a Connect object id (PRD-276-377-545, PR-1234-..., MP-00001, UF-2026-...).
 _OBJECT_ID_SEGMENT_RE = re.compile(r"/[A-Z]{2,4}(-[0-9A-Za-z]+)+(/|$)")
 _APIKEY_PREFIX_RE = re.compile(r"apikey(\s+|$)", re.IGNORECASE)
@@ -631,6 +633,21 @@ def _http_options(conn: Any) -> _HttpOptions:
     """The HTTP provider's extras: session options, and any other extra as an HTTP header."""
     cid = conn.conn_id
     extra = conn.extra_dejson or {}
+    trust_env = extra.get("trust_env")
+    redirects = extra.get("max_redirects")
+    return _HttpOptions(
+        headers=_extra_headers(cid, extra),
+        proxies=_proxies(cid, extra.get("proxies", extra.get("proxy"))),
+        cert=_cert(cid, extra.get("cert")),
+        trust_env=True if trust_env in (None, "") else _bool_setting("trust_env", trust_env, cid),
+        max_redirects=DEFAULT_MAX_REDIRECTS
+        if redirects in (None, "")
+        else _int_setting("max_redirects", redirects, 0, 100, cid),
+    )
+
+
+def _extra_headers(cid: str, extra: Mapping[str, Any]) -> dict[str, str]:
+    """Every extra that is neither the hook's nor a session option, as an HTTP header (text only)."""
     headers: dict[str, str] = {}
     for name, value in extra.items():
         if name in _OWN_EXTRAS or name in _HTTP_OPTION_EXTRAS:
@@ -654,47 +671,36 @@ def _http_options(conn: Any) -> _HttpOptions:
         if problem:
             raise ConnectValidationError(name, f"{source} is sent as an HTTP header and {problem}")
         headers[str(name)] = text
-    raw_proxies = extra.get("proxies", extra.get("proxy"))
-    if raw_proxies in (None, ""):
-        proxies: dict[str, str] = {}
-    elif isinstance(raw_proxies, str):
-        proxies = {"http": raw_proxies, "https": raw_proxies}
-    elif isinstance(raw_proxies, Mapping) and all(isinstance(v, str) for v in raw_proxies.values()):
-        proxies = {str(k): v for k, v in raw_proxies.items()}
-    else:
-        raise ConnectValidationError(
-            "proxies",
-            f"the extra 'proxies' of connection {cid!r} must map schemes to proxy URLs, "
-            'e.g. {"https": "http://proxy.example:3128"}',
-        )
-    raw_cert = extra.get("cert")
-    cert: str | tuple[str, str] | None
-    if raw_cert in (None, ""):
-        cert = None
-    elif isinstance(raw_cert, str):
-        cert = raw_cert
-    elif (
-        isinstance(raw_cert, (list, tuple))
-        and len(raw_cert) == 2
-        and all(isinstance(p, str) for p in raw_cert)
-    ):
-        cert = (raw_cert[0], raw_cert[1])
-    else:
-        raise ConnectValidationError(
-            "cert",
-            f"the extra 'cert' of connection {cid!r} must be the path of a client certificate, "
-            "or [certificate path, key path]",
-        )
-    trust_env = extra.get("trust_env")
-    redirects = extra.get("max_redirects")
-    return _HttpOptions(
-        headers=headers,
-        proxies=proxies,
-        cert=cert,
-        trust_env=True if trust_env in (None, "") else _bool_setting("trust_env", trust_env, cid),
-        max_redirects=DEFAULT_MAX_REDIRECTS
-        if redirects in (None, "")
-        else _int_setting("max_redirects", redirects, 0, 100, cid),
+    return headers
+
+
+def _proxies(cid: str, raw: Any) -> dict[str, str]:
+    """The ``proxies`` (or ``proxy``) extra: one URL for every scheme, or scheme -> URL."""
+    if raw in (None, ""):
+        return {}
+    if isinstance(raw, str):
+        return {"http": raw, "https": raw}
+    if isinstance(raw, Mapping) and all(isinstance(v, str) for v in raw.values()):
+        return {str(k): v for k, v in raw.items()}
+    raise ConnectValidationError(
+        "proxies",
+        f"the extra 'proxies' of connection {cid!r} must map schemes to proxy URLs, "
+        'e.g. {"https": "http://proxy.example:3128"}',
+    )
+
+
+def _cert(cid: str, raw: Any) -> str | tuple[str, str] | None:
+    """The ``cert`` extra: a client certificate's path, or [certificate path, key path]."""
+    if raw in (None, ""):
+        return None
+    if isinstance(raw, str):
+        return raw
+    if isinstance(raw, (list, tuple)) and len(raw) == 2 and all(isinstance(p, str) for p in raw):
+        return (raw[0], raw[1])
+    raise ConnectValidationError(
+        "cert",
+        f"the extra 'cert' of connection {cid!r} must be the path of a client certificate, "
+        "or [certificate path, key path]",
     )
 
 
@@ -1331,6 +1337,7 @@ class ConnectHook(BaseHook):
         collection: bool = False,
         content_type: str | None = None,
     ) -> ConnectError:
+        """The error a refused answer stands for, with Connect's details and what to do."""
         shaped, error_code, errors, params = _error_details(body)
         if error_code or errors:
             detail = f"{error_code} - {'; '.join(errors)}"
@@ -1339,67 +1346,64 @@ class ConnectHook(BaseHook):
             detail = f"an answer in {kind}, not Connect's JSON error"
         else:
             detail = ""
-        detail = self.redact(detail)[:1000]
-        where = f"{status} on {method} {path}"
-        cid = self.connect_conn_id
-        kwargs: dict[str, Any] = {
-            "status": status,
-            "error_code": error_code,
-            "errors": errors,
-            "method": method,
-            "path": path,
-            "params": params,
-        }
-        if status == 401:
-            return ConnectAuthError(
-                f"{where}: the API key of connection {cid!r} was refused; "
-                "check the password of that connection",
-                **kwargs,
-            ).scrub(self.redact)
-        if status == 403:
-            return ConnectAuthError(
-                f"{where}: the API key of connection {cid!r} may not do this"
-                f"{f' ({detail})' if detail else ''}; give its account the permission or use another key",
-                **kwargs,
-            ).scrub(self.redact)
-        if status == 404 and ((collection and not _OBJECT_ID_SEGMENT_RE.search(path)) or not shaped):
-            # Connect answers a missing object in its error shape, and every top-level collection
-            # exists: a 404 in another shape, or on such a collection, comes from a server that is
-            # not the API. (A collection under an object, /products/PRD-.../connections, may 404
-            # because that object does not exist: that is the id's fault, not the host's.)
-            base = self._settings.base_url if self._settings is not None else "the host"
-            return ConnectNotFoundError(
-                f"{where}: {base}{path} does not exist, so the host of connection {cid!r} is not "
-                f"Connect's API base URL; set the host to the API base URL, {_HOST_EXAMPLE}",
-                **kwargs,
-            ).scrub(self.redact)
-        if status == 404:
-            return ConnectNotFoundError(
-                f"{where}: not found{f' ({detail})' if detail else ''}; check the id or path", **kwargs
-            ).scrub(self.redact)
-        if status == 409:
-            return ConnectConflictError(
-                f"{where}: Connect refused the call because it exists already"
-                f"{f' ({detail})' if detail else ''}; the existing request is in the error's params",
-                **kwargs,
-            ).scrub(self.redact)
-        if status == 429:
-            return ConnectRateLimitError(
-                f"{where}: Connect still rate-limited the call after {attempts} attempts; lower the load "
-                f"(fewer parallel tasks in the API pool) or raise max_retries/max_wait of connection {cid!r}",
-                **kwargs,
-            ).scrub(self.redact)
-        if status >= 500:
-            return ConnectAPIError(
-                f"{where}: Connect failed {attempts} time(s){f' ({detail})' if detail else ''}; "
-                f"try again later or raise max_retries of connection {cid!r}",
-                **kwargs,
-            ).scrub(self.redact)
-        return ConnectAPIError(
-            f"{where}: Connect refused the call{f': {detail}' if detail else ''}; "
-            "fix the request and run it again",
-            **kwargs,
+        # Connect answers a missing object in its error shape, and every top-level collection
+        # exists: a 404 in another shape, or on such a collection, comes from a server that is
+        # not the API. (A collection under an object, /products/PRD-.../connections, may 404
+        # because that object does not exist: that is the id's fault, not the host's.)
+        wrong_host = status == 404 and ((collection and not _OBJECT_ID_SEGMENT_RE.search(path)) or not shaped)
+        cls, advice = self._status_advice(status, self.redact(detail)[:1000], attempts, path, wrong_host)
+        return cls(
+            f"{status} on {method} {path}: {advice}",
+            status=status,
+            error_code=error_code,
+            errors=errors,
+            method=method,
+            path=path,
+            params=params,
         ).scrub(self.redact)
+
+    def _status_advice(
+        self, status: int, detail: str, attempts: int, path: str, wrong_host: bool
+    ) -> tuple[type[ConnectAPIError], str]:
+        """The error class of a status, and the message after ``<status> on <method> <path>: ``."""
+        cid = self.connect_conn_id
+        said = f" ({detail})" if detail else ""
+        if status == 401:
+            return ConnectAuthError, (
+                f"the API key of connection {cid!r} was refused; check the password of that connection"
+            )
+        if status == 403:
+            return ConnectAuthError, (
+                f"the API key of connection {cid!r} may not do this{said}; give its account the "
+                "permission or use another key"
+            )
+        if wrong_host:
+            base = self._settings.base_url if self._settings is not None else "the host"
+            return ConnectNotFoundError, (
+                f"{base}{path} does not exist, so the host of connection {cid!r} is not Connect's API "
+                f"base URL; set the host to the API base URL, {_HOST_EXAMPLE}"
+            )
+        if status == 404:
+            return ConnectNotFoundError, f"not found{said}; check the id or path"
+        if status == 409:
+            return ConnectConflictError, (
+                f"Connect refused the call because it exists already{said}; the existing request is in "
+                "the error's params"
+            )
+        if status == 429:
+            return ConnectRateLimitError, (
+                f"Connect still rate-limited the call after {attempts} attempts; lower the load (fewer "
+                f"parallel tasks in the API pool) or raise max_retries/max_wait of connection {cid!r}"
+            )
+        if status >= 500:
+            return ConnectAPIError, (
+                f"Connect failed {attempts} time(s){said}; try again later or raise max_retries of "
+                f"connection {cid!r}"
+            )
+        return (
+            ConnectAPIError,
+            f"Connect refused the call{f': {detail}' if detail else ''}; fix the request and run it again",
+        )
 
     def _ambiguous(self, method: str, path: str, cause: str) -> ConnectAmbiguousWriteError:
         return ConnectAmbiguousWriteError(
@@ -1725,24 +1729,34 @@ class ConnectHook(BaseHook):
 
     @_redacting
     def find_marketplace(self, name_or_id: str) -> dict[str, Any]:
-        """The marketplace with this id (``MP-...``) or exact name; ConnectNotFoundError if none."""
+        """The marketplace with this id (``MP-...``) or exact name.
+
+        :class:`ConnectLookupNotFoundError` when there is none, :class:`ConnectAmbiguousLookupError`
+        (with the candidates' ids) when a name matches several.
+        """
         if not isinstance(name_or_id, str) or not name_or_id.strip():
             raise ConnectValidationError("marketplace", "give a marketplace id (MP-...) or name")
         wanted = name_or_id.strip()
-        by_id = bool(_MARKETPLACE_ID_RE.fullmatch(wanted))
+        by_id = bool(MARKETPLACE_ID_RE.fullmatch(wanted))
         query = R().id.eq(wanted) if by_id else R().name.eq(wanted)
         found = list(self.iter_items("/marketplaces", query))
+        looked_for = {"id" if by_id else "name": wanted}
         if not found:
-            raise ConnectNotFoundError(
+            raise ConnectLookupNotFoundError(
                 f"marketplace {wanted!r} not found: no marketplace has this {'id' if by_id else 'name'}; "
                 "check the spelling (names match exactly) or use the id",
+                what="marketplace",
+                looked_for=looked_for,
                 path="/marketplaces",
                 method="GET",
             )
         if len(found) > 1:
-            ids = ", ".join(str(m.get("id")) for m in found)
-            raise ConnectError(
-                f"marketplace name {wanted!r} matches several marketplaces ({ids}); use the id"
+            ids = [str(m.get("id")) for m in found]
+            raise ConnectAmbiguousLookupError(
+                f"marketplace name {wanted!r} matches several marketplaces ({', '.join(ids)}); use the id",
+                what="marketplace",
+                looked_for=looked_for,
+                candidates=ids,
             )
         return found[0]
 
@@ -1771,8 +1785,8 @@ class ConnectHook(BaseHook):
     ) -> dict[str, Any]:
         """The one connection of a product to a hub of this type (``production``/``test``/``preview``).
 
-        ConnectNotFoundError when there is none; a ConnectError listing the ids when there are several
-        (then the caller must name the connection).
+        :class:`ConnectLookupNotFoundError` when there is none; :class:`ConnectAmbiguousLookupError`
+        listing the ids when there are several (then the caller must name the connection).
         """
         product = _id_segment(product_id, "product_id")
         hub = _id_segment(hub_id, "hub_id")
@@ -1781,18 +1795,24 @@ class ConnectHook(BaseHook):
             for c in self.iter_items(f"/products/{product}/connections", R(hub__id=hub))
             if c.get("type") == connection_type
         ]
+        looked_for = {"product_id": product_id, "hub_id": hub_id, "type": connection_type}
         if not found:
-            raise ConnectNotFoundError(
+            raise ConnectLookupNotFoundError(
                 f"product {product_id} has no {connection_type} connection to hub {hub_id}; "
                 "check the hub id and the connection type, or create the connection in Connect",
+                what="connection",
+                looked_for=looked_for,
                 method="GET",
                 path=f"/products/{product}/connections",
             )
         if len(found) > 1:
-            ids = ", ".join(str(c.get("id")) for c in found)
-            raise ConnectError(
-                f"product {product_id} has several {connection_type} connections to hub {hub_id} ({ids}); "
-                "name the connection id to use"
+            ids = [str(c.get("id")) for c in found]
+            raise ConnectAmbiguousLookupError(
+                f"product {product_id} has several {connection_type} connections to hub {hub_id} "
+                f"({', '.join(ids)}); name the connection id to use",
+                what="connection",
+                looked_for=looked_for,
+                candidates=ids,
             )
         return found[0]
 

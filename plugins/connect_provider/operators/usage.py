@@ -63,7 +63,7 @@ class ConnectGetUsageRecordsOperator(_UsageOperator):
     :param connect_conn_id: the Connect connection (default ``cloudblue_connect_default``).
     """
 
-    template_fields: Sequence[str] = ("usage_file_id",)
+    template_fields: Sequence[str] = ("connect_conn_id", "usage_file_id")
 
     def __init__(self, *, usage_file_id: str, max_records: int = DEFAULT_MAX_RECORDS, **kwargs: Any) -> None:
         super().__init__(usage_file_id=usage_file_id, **kwargs)
@@ -119,7 +119,12 @@ class ConnectUsageRecordsToParquetOperator(_UsageOperator):
     :return: ``{"path", "rows", "bytes", "usage_file_id", "quarantined"}``.
     """
 
-    template_fields: Sequence[str] = ("usage_file_id", "destination", "max_bad_record_ratio")
+    template_fields: Sequence[str] = (
+        "connect_conn_id",
+        "usage_file_id",
+        "destination",
+        "max_bad_record_ratio",
+    )
 
     def __init__(
         self,

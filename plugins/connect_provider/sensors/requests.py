@@ -41,7 +41,7 @@ class ConnectRequestSensor(BaseSensorOperator):
     XCom: ``{"request_id", "type", "status", "asset_id", "asset_external_id"}``.
     """
 
-    template_fields: Sequence[str] = ("request_id",)
+    template_fields: Sequence[str] = ("connect_conn_id", "request_id")
     operator_extra_links = (ConnectRequestLink(),)
 
     def __init__(

@@ -96,6 +96,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pa_json
 
+from connect_provider.exceptions import PageFormatError
+
 SCHEMA_VERSION = 2
 
 DECIMAL_PRECISION = 38
@@ -348,10 +350,6 @@ def _known_tree(tree: dict[str, Any]) -> dict[str, Any]:
 
 #: Every field the schema knows, nested: what is not in here goes to ``extra``.
 KNOWN_FIELDS = _known_tree(_RAW_TREE)
-
-
-class PageFormatError(ValueError):
-    """The page is not a JSON array of objects at all: a protocol error, not a bad record."""
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from connect_provider.exceptions import ConnectError, ConnectNotFoundError
+from connect_provider.exceptions import ConnectAmbiguousLookupError, ConnectError, ConnectNotFoundError
 from connect_provider.hooks.connect import ConnectHook
 from connect_provider.rql import R
 from hypothesis import HealthCheck, given, settings
@@ -80,7 +80,8 @@ def test_find_connection_of_a_product_on_a_hub(sandbox) -> None:
     assert "has no production connection to hub HB-0000-0002" in str(missing.value)
     with pytest.raises(ConnectError) as several:
         hook.find_connection("PRD-684-920-001", "HB-0000-0001")
-    assert type(several.value) is ConnectError
+    # The brief's look-up error replaces the bare ConnectError it was (several found: ambiguous).
+    assert type(several.value) is ConnectAmbiguousLookupError
     assert "CT-0000-0000-0004, CT-0000-0000-0005" in str(several.value)
 
 
