@@ -420,6 +420,7 @@ def measure_once(
     result: dict[str, Any] = {
         "peak_rss_mb": round(child.peak_rss_mb, 1),
         "process_s": round(child.wall_s, 2),
+        "client_cpu_s": round(child.cpu_s, 2),
         "server_cpu_s": round(server_cpu, 2),
     }
     lines = [ln for ln in child.stdout.splitlines() if ln.startswith("{")]
@@ -457,6 +458,7 @@ def summarise(runs: list[dict[str, Any]], records: int) -> dict[str, Any]:
         "rss_after_imports_mb": worst("rss_after_imports_mb"),
         "import_s": middle("import_s"),
         "server_cpu_s": middle("server_cpu_s"),
+        "client_cpu_s": middle("client_cpu_s"),
         "rounds_ok": len(good),
     }
     if any("via" in r for r in good):
