@@ -98,8 +98,9 @@ class ConnectUsageRecordsToParquetOperator(_UsageOperator):
     """Export every record of a usage file to typed, hive-partitioned Parquet, atomically.
 
     Writes ``<destination>/product_id=<PRD>/period=<YYYY-MM>/usage_file_id=<UF>.parquet`` with the
-    schema of :mod:`connect_provider.usage.schema`, streaming one page and one row group at a time;
-    records that cannot be converted go to ``<destination>/_quarantine/...`` with the reason (or
+    schema of :mod:`connect_provider.usage.schema`, streaming ``concurrency + 1`` pages and one row
+    group at a time; records that cannot be converted go to ``<destination>/_quarantine/...`` with
+    the reason (or
     fail the task with ``on_bad_records="fail"``), and when more than ``max_bad_record_ratio`` of
     the records would be set aside the task fails and publishes nothing; fields the schema does not
     know are kept in the ``extra`` column. The manifest ``<destination>/_manifest/<UF>.json``
