@@ -403,6 +403,24 @@ def _read_body(response: requests.Response) -> bytes:
         response.close()
 
 
+def _next_page(
+    ahead: PagesAhead[RawPage] | None,
+    fetch: Callable[..., RawPage],
+    window: AdaptiveWindow,
+    offset: int,
+    step: int,
+    total: int,
+) -> RawPage:
+    """The page at ``offset``: from the workers when it was planned, else fetched now (a miss
+    drops the plan, see :meth:`PagesAhead.take`)."""
+    if ahead is not None:
+        ahead.plan(offset, step, total)
+        page = ahead.take(offset)
+        if page is not None:
+            return page
+    return fetch(offset, window=window)
+
+
 def _release(window: AdaptiveWindow, token: int, reply: _Answer | BaseException, policy: RetryPolicy) -> None:
     """Tell the paging window how an attempt ended (a 429's ``Retry-After`` capped as the policy caps it)."""
     if isinstance(reply, BaseException):
@@ -1697,18 +1715,14 @@ class ConnectHook(BaseHook):
     ) -> Iterator[RawPage]:
         """Yield the pages of a collection lazily as :class:`RawPage` (body bytes, offset, count, total).
 
-        The first page is read when the first page is asked for. Once the consumer asks for the
-        second, the total is known and up to ``concurrency`` (default: the connection's
-        ``max_concurrency``, which also caps it) next pages are fetched side by side, in worker
-        threads, through the same retry policy; pages are yielded in order, at most
-        ``concurrency + 1`` in memory. A 429 halves the calls in flight and pauses them for its
-        ``Retry-After`` (:class:`~connect_provider.hooks.paging.AdaptiveWindow`).
-
-        The pages are the ones the sequential loop would read: the offset advances by what the
-        server actually sent (a server that caps the page size is paged correctly; a short page
-        drops the pages planned after it and paging goes on from where it ended), the total of
-        the latest page bounds the listing, and paging stops at the total or at an empty page.
-        Progress is logged at INFO as ``label: page i/n, x/y``.
+        The first page alone is read for the first ``next()``. From the second on, the total is
+        known and up to ``concurrency`` (default and ceiling: ``max_concurrency``) next pages are
+        fetched side by side in worker threads, through the same retry policy, and yielded in
+        order: at most ``concurrency + 1`` pages in memory. A 429 halves the calls in flight and
+        pauses them for its ``Retry-After`` (:mod:`connect_provider.hooks.paging`). The pages are
+        the sequential loop's: the offset advances by what the server sent (a capped page size
+        is paged right; a short page drops the plan after it), the latest total bounds the
+        listing, an empty page ends it. Progress is logged at INFO as ``label: page i/n, x/y``.
         """
         rel = _normalize_path(path)
         size = self._page_size(page_size, default_page_size)
@@ -1729,12 +1743,7 @@ class ConnectHook(BaseHook):
                 if ahead is None and page_number and total >= 0 and total - offset > step:
                     # The consumer asked for a page after the first, and two or more are left.
                     ahead = self._pages_ahead(fetch, window, min(workers, math.ceil((total - offset) / step)))
-                page = None
-                if ahead is not None:
-                    ahead.plan(offset, step, total)
-                    page = ahead.take(offset)
-                if page is None:
-                    page = fetch(offset, window=window)
+                page = _next_page(ahead, fetch, window, offset, step, total)
                 if page.count == 0:
                     if page_number == 0:
                         self._emit("info", "%s: no items", what)
