@@ -75,7 +75,8 @@ def cpu_seconds(pid: int) -> float:
 
 @dataclass(frozen=True)
 class ChildResult:
-    """A finished child process: exit code, output, peak RSS (its own ``ru_maxrss``) and wall time."""
+    """A finished child process: exit code, output, peak RSS (its own ``ru_maxrss``), wall time and
+    the CPU seconds it used (user + system, all its threads)."""
 
     returncode: int
     stdout: str
@@ -83,6 +84,7 @@ class ChildResult:
     peak_rss_mb: float
     wall_s: float
     timed_out: bool = False
+    cpu_s: float = 0.0
 
 
 def run_child(
@@ -128,6 +130,7 @@ def run_child(
             peak_rss_mb=usage.ru_maxrss / 1024.0,  # kilobytes on Linux
             wall_s=wall,
             timed_out=killed.is_set(),
+            cpu_s=usage.ru_utime + usage.ru_stime,
         )
 
 

@@ -1,6 +1,7 @@
 """The subscription-changes DAG over N pending changes: throughput, API calls, duplicates, leftovers.
 
     .venv/bin/python bench/subscription_changes.py --changes 1000 [--json] [--modes chunked,per_change]
+        [--latency-ms 150]
 
 One sandbox (demo seed, vendor auto-decision after ``--approve-delay`` seconds) serves every mode.
 Each mode runs in its own fresh process with its own metadata DB and SQLite outbox:
@@ -10,7 +11,15 @@ Each mode runs in its own fresh process with its own metadata DB and SQLite outb
    changes, suspends and cancels of distinct existing assets, and ~1 % rows with invalid input;
 3. a warm-up ``dag.test()`` on an empty outbox (the first task of a process pays ~10 s of Airflow
    start-up that a scheduler-run worker does not);
-4. one measured ``dag.test()`` of ``connect_subscription_changes``.
+4. one measured ``dag.test()`` of ``connect_subscription_changes``, with the sandbox's
+   ``latency_ms=L`` fault from here on when ``--latency-ms`` is given (every call waits L ms, as a
+   call to the real Connect waits for the internet and Connect's query); set-up and warm-up run
+   without it.
+
+At latency the report adds the floor: ``calls x L / parallel calls``, the time the calls alone
+take when ``parallel`` of them run at once: 1 as ``dag.test()`` runs the mapped chunks (one task
+instance after another, the rows of a chunk one after another), and the slots of the
+``cloudblue_connect_api`` pool (4) as a scheduler runs them.
 
 Modes: ``chunked`` is the DAG as shipped (``chunk_size`` 100: N/100 mapped task instances);
 ``per_change`` is the same DAG with ``chunk_size`` 1, i.e. one task instance per change, the
@@ -90,7 +99,24 @@ def plan(n: int, tag: str) -> tuple[list[dict], int]:
     return rows, others
 
 
-def child(mode: str, n: int, sandbox_url: str) -> dict:
+POOL_SLOTS = 4  # the cloudblue_connect_api pool as docker-compose, the demo and the README create it
+
+
+def floors(calls: int, latency_ms: float, wall: float) -> dict:
+    """The time the calls alone take at latency, one at a time and with the pool's slots at once."""
+    if latency_ms <= 0:
+        return {}
+    one = calls * latency_ms / 1000.0
+    return {
+        "latency_ms": latency_ms,
+        "floor_s_one_at_a_time": round(one, 1),
+        f"floor_s_{POOL_SLOTS}_at_once": round(one / POOL_SLOTS, 1),
+        "run_vs_floor_one_at_a_time": round(one / wall, 3),
+        f"run_vs_floor_{POOL_SLOTS}_at_once": round(one / POOL_SLOTS / wall, 3),
+    }
+
+
+def child(mode: str, n: int, sandbox_url: str, latency_ms: float = 0.0) -> dict:
     """One mode in this (fresh) process; returns its figures."""
     from airflow.dag_processing.dagbag import BundleDagBag
     from airflow.utils import db
@@ -115,6 +141,8 @@ def child(mode: str, n: int, sandbox_url: str) -> dict:
     dag.test(run_conf=conf)  # warm-up: nothing pending, pays the process's one-time start-up
 
     ids = outbox.add_many(rows)
+    if latency_ms > 0:
+        admin_call(sandbox_url, "POST", "faults", {"spec": f"latency_ms={latency_ms:g}"})
     before = admin_call(sandbox_url, "GET", "stats")
     started = time.perf_counter()
     dag_run = dag.test(run_conf=conf)
@@ -152,10 +180,11 @@ def child(mode: str, n: int, sandbox_url: str) -> dict:
         "no_duplicate_request": created == len(set(request_ids))
         and len(request_ids) == len(set(request_ids)),
         "none_left_behind": counts["pending"] == 0 and counts["submitted"] == 0,
+        **floors(calls, latency_ms, wall),
     }
 
 
-def run_mode(mode: str, n: int, sandbox, approve_delay: float) -> dict:
+def run_mode(mode: str, n: int, sandbox, approve_delay: float, latency_ms: float = 0.0) -> dict:
     sandbox.reset("demo", auto_approve_delay=approve_delay)
     home = Path(tempfile.mkdtemp(prefix=f"bench-changes-{mode}-"))
     env = {
@@ -174,9 +203,10 @@ def run_mode(mode: str, n: int, sandbox, approve_delay: float) -> dict:
         "BENCH_APPROVE_DELAY": str(approve_delay),
     }
     log = home / "child.log"
+    argv = [venv_python(), __file__, "--child", mode, "--changes", str(n), "--sandbox-url", sandbox.url]
     with open(log, "w") as out:
         done = subprocess.run(
-            [venv_python(), __file__, "--child", mode, "--changes", str(n), "--sandbox-url", sandbox.url],
+            [*argv, "--latency-ms", str(latency_ms)],
             env=env,
             stdout=subprocess.PIPE,
             stderr=out,
@@ -194,12 +224,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--changes", type=int, default=1000, help="pending changes to process (default 1000)")
     parser.add_argument("--modes", default="chunked,per_change", help="comma-separated: chunked, per_change")
     parser.add_argument("--approve-delay", type=float, default=0.5, help="sandbox vendor decision delay (s)")
+    parser.add_argument(
+        "--latency-ms", type=float, default=0.0, help="the sandbox's latency fault during the measured run"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--sandbox-url", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        print(json.dumps(child(args.child, args.changes, args.sandbox_url)))
+        print(json.dumps(child(args.child, args.changes, args.sandbox_url, args.latency_ms)))
         return 0
 
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
@@ -207,8 +240,15 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown modes {sorted(unknown)}; choose from {sorted(MODES)}")
     with running_sandbox("--seed", "demo", "--auto-approve-delay", str(args.approve_delay)) as sandbox:
-        results = [run_mode(mode, args.changes, sandbox, args.approve_delay) for mode in modes]
-    report = {"machine": machine_info(), "changes": args.changes, "results": results}
+        results = [
+            run_mode(mode, args.changes, sandbox, args.approve_delay, args.latency_ms) for mode in modes
+        ]
+    report = {
+        "machine": machine_info(),
+        "changes": args.changes,
+        "latency_ms": args.latency_ms,
+        "results": results,
+    }
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
@@ -225,6 +265,13 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['requests_created']:>8}  {'none' if r['no_duplicate_request'] else 'YES':>10}  "
             f"{'none' if r['none_left_behind'] else 'YES':>11}  {outcomes}"
         )
+        if "floor_s_one_at_a_time" in r:
+            print(
+                f"{'':<11} at {args.latency_ms:g} ms a call: floor {r['floor_s_one_at_a_time']} s one call "
+                f"at a time ({r['run_vs_floor_one_at_a_time']} of the run), "
+                f"{r[f'floor_s_{POOL_SLOTS}_at_once']} s with {POOL_SLOTS} at once "
+                f"({r[f'run_vs_floor_{POOL_SLOTS}_at_once']} of the run)"
+            )
     return 0 if all(r["no_duplicate_request"] and r["none_left_behind"] for r in results) else 1
 
 

@@ -1,29 +1,39 @@
-"""Usage records to Parquet, side by side: our exporter against what a data engineer would use instead.
+"""Usage records to Parquet, side by side: our exporter against what a Connect user would use instead.
 
-    .venv/bin/python bench/usage_to_parquet.py --records 1000000 [--page-size P] [--rounds R] [--json]
-        [--contenders ours,naive,dlt,limit]
-    .venv/bin/python bench/usage_to_parquet.py --scaling 100000,1000000,3000000 [--rounds R] [--json]
+    .venv/bin/python bench/usage_to_parquet.py --records 1000000 [--latency-ms L] [--rounds R] [--json]
+        [--contenders ours,ours_c8,official,naive,dlt,cpu_floor] [--page-size P]
+    .venv/bin/python bench/usage_to_parquet.py --scaling 1000000,5000000 [--rounds R] [--json]
     .venv/bin/python bench/usage_to_parquet.py --records 1000000 --profile DIR   # py-spy, client + server
 
-One sandbox serves one generated usage file of N records (``UF-2026-10-9000000001``); every
+One sandbox serves one generated usage file of N records (``UF-2026-10-9000000001``), with the
+sandbox's ``latency_ms=L`` fault (every call waits L ms before it is answered, as a call to the
+real Connect waits for the internet and Connect's own query) when ``--latency-ms`` is given. Every
 contender exports that file to Parquet in its own fresh process, several rounds, alternating
-contender by contender (ours, naive, dlt, limit, ours, ...) so that the noise of a shared 2-core
-machine hits all of them alike. Per contender: records/s (median over rounds, timed inside the
-child around the export, imports excluded), the child's peak RSS (``ru_maxrss`` from ``os.wait4``,
-max over rounds), the Parquet bytes written, and the sandbox's CPU seconds spent serving it.
-Figures are reported as ratios to ours, which is what survives a noisy machine.
+contender by contender, so that the noise of a shared 2-core machine hits all of them alike. Per
+contender: records/s (median over rounds, timed inside the child around the export, imports
+excluded), the child's peak RSS (``ru_maxrss`` from ``os.wait4``, max over rounds) and its working
+set (peak RSS minus the RSS right after the imports, max over rounds), the Parquet bytes written,
+and the sandbox's CPU seconds spent serving it. Figures are reported as ratios, which is what
+survives a noisy machine.
 
 Contenders:
 
 - ``ours``: ``ConnectUsageRecordsToParquetOperator(...).execute({})`` as the DAG runs it, with the
-  connection from ``AIRFLOW_CONN_CLOUDBLUE_CONNECT_DEFAULT`` and the default page size.
+  connection from ``AIRFLOW_CONN_CLOUDBLUE_CONNECT_DEFAULT`` and the operator's defaults (page
+  size 1000, concurrency 4); ``ours_cN`` is the same with ``concurrency=N``.
+- ``official``: CloudBlue's ``connect-openapi-client`` as its users write it (``bench/official_client.py``,
+  in its own virtualenv ``.venv-official``, created here on first use: it cannot share a lock with
+  Airflow 3.3).
 - ``naive``: requests + ``json`` + ``pandas.json_normalize`` of every record + ``to_parquet``.
 - ``dlt``: dlt's ``rest_api`` source, offset paginator, filesystem destination, Parquet files.
-- ``limit``: the same pages over one keep-alive ``requests.Session``, each body cut into NDJSON at
-  the record boundaries (bytes replace) and handed to ``pyarrow.json.read_json`` and a zstd
-  ``ParquetWriter``: no checks, no types of ours, the floor of this machine. ``limit_orjson``
-  (orjson loads + dumps per record) and ``limit_wrap`` (the array wrapped in an object, read whole,
-  flattened) are the other ways to feed pyarrow, to show which one the floor is.
+- ``cpu_floor``: the same page bodies, fetched before the clock starts and held in memory, each cut
+  into NDJSON at the record boundaries and handed to ``pyarrow.json.read_json``, one zstd
+  ``ParquetWriter`` with 20,000-row groups: no network, no checks, no types of ours. What this
+  machine's CPU cannot go below with Arrow's reader.
+
+Floors reported beside the contenders: the CPU floor's own time, and at latency L the **latency
+floor** of a contender fetching c pages at once: ``pages x L / c`` + the CPU floor's time (the
+wait no client at that concurrency avoids, plus the work no client avoids, one after the other).
 """
 
 from __future__ import annotations
@@ -34,6 +44,7 @@ import json
 import os
 import resource
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -57,10 +68,35 @@ from _common import (  # the bench folder is not a package: found through sys.pa
 
 FILE_ID = "UF-2026-10-9000000001"
 DEFAULT_PAGE_SIZE = 1000  # the exporter's default and the sandbox's (and Connect's) maximum
-DEFAULT_CONTENDERS = ("ours", "naive", "dlt", "limit")
-CONTENDERS = ("ours", "naive", "dlt", "limit", "limit_orjson", "limit_wrap")
-TARGETS = {"ours_vs_naive": 3.0, "ours_vs_dlt": 5.0, "ours_vs_limit": 0.6}
-RSS_TARGET_MB = 250.0
+DEFAULT_CONCURRENCY = 4  # the operator's default
+DEFAULT_CONTENDERS = ("ours", "naive", "dlt", "cpu_floor")
+LATENCY_CONTENDERS = ("ours", "ours_c8", "official", "cpu_floor")
+CONTENDERS = ("ours", "ours_cN", "official", "naive", "dlt", "cpu_floor")
+#: Throughput ratios ours / X, at no latency and at latency.
+TARGETS = {"ours_vs_naive": 5.0, "ours_vs_dlt": 10.0, "ours_vs_cpu_floor": 0.7}
+LATENCY_TARGETS = {
+    "ours_vs_latency_floor": 0.8,
+    "ours_c8_vs_latency_floor": 0.8,
+    "ours_vs_official": 3.5,
+    "ours_c8_vs_official": 7.0,
+}
+WORKING_SET_TARGET_MB = 64.0
+FLOOR_ROW_GROUP_ROWS = 20_000  # the exporter's default row group
+OFFICIAL_VENV = REPO / ".venv-official"
+OFFICIAL_LOCK = REPO / "requirements" / "bench-official.txt"
+
+
+def concurrency_of(name: str) -> int | None:
+    """``ours`` -> 4, ``ours_c8`` -> 8; ``None`` for the other contenders."""
+    if name == "ours":
+        return DEFAULT_CONCURRENCY
+    if name.startswith("ours_c") and name[6:].isdigit():
+        return int(name[6:])
+    return None
+
+
+def known(name: str) -> bool:
+    return concurrency_of(name) is not None or name in CONTENDERS
 
 
 # ----------------------------------------------------------------------------- contenders (child side)
@@ -222,79 +258,77 @@ def _run_dlt(api_url: str, out: Path, page_size: int | None) -> dict[str, Any]:
     }
 
 
-def _run_limit(api_url: str, out: Path, page_size: int | None, mode: str = "split") -> dict[str, Any]:
-    """The floor: pages over one keep-alive session straight into pyarrow's JSON reader and a writer."""
+def _fetch_bodies(api_url: str, size: int) -> list[bytes]:
+    """Every page body of the file, fetched side by side (8 sessions) before any clock starts."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import requests
+
+    def get(offset: int, session: requests.Session | None = None) -> tuple[bytes, str]:
+        session = session or requests.Session()
+        response = session.get(
+            f"{api_url}/usage/records",
+            params={"usagefile.id": FILE_ID, "limit": size, "offset": offset},
+            headers={"Authorization": DEMO_API_KEY},
+            timeout=120,
+        )
+        response.raise_for_status()
+        return response.content, response.headers["Content-Range"]
+
+    first, content_range = get(0)
+    total = int(content_range.rsplit("/", 1)[1])
+    with ThreadPoolExecutor(8) as pool:
+        rest = list(pool.map(lambda o: get(o)[0], range(size, total, size)))
+    return [first, *rest]
+
+
+def _run_cpu_floor(api_url: str, out: Path, page_size: int | None) -> dict[str, Any]:
+    """The CPU floor: bodies already in memory -> Arrow's JSON reader -> one Parquet writer."""
     t0 = time.perf_counter()
     import pyarrow as pa
     import pyarrow.json as pa_json
     import pyarrow.parquet as pq
-    import requests
 
-    if mode == "orjson":
-        import orjson
     import_s = time.perf_counter() - t0
     rss_imports = _rss_mb()
-    size = page_size or DEFAULT_PAGE_SIZE
-    started = time.perf_counter()
-    session = requests.Session()
-    session.headers["Authorization"] = DEMO_API_KEY
+    bodies = _fetch_bodies(api_url, page_size or DEFAULT_PAGE_SIZE)
     path = out / "usage_records.parquet"
     writer: pq.ParquetWriter | None = None
     parse_options = pa_json.ParseOptions()
-    offset = 0
-    phases = {"fetch": 0.0, "to_arrow": 0.0, "write": 0.0}
-    while True:
-        t_fetch = time.perf_counter()
-        response = session.get(
-            f"{api_url}/usage/records",
-            params={"usagefile.id": FILE_ID, "limit": size, "offset": offset},
-            timeout=60,
-        )
-        response.raise_for_status()
-        body = response.content
-        t_convert = time.perf_counter()
-        phases["fetch"] += t_convert - t_fetch
-        if mode == "wrap":
-            text = b'{"records":' + body + b"}"
-        elif mode == "orjson":
-            text = b"\n".join(orjson.dumps(r) for r in orjson.loads(body))
-        else:  # records are objects that start with "id" and hold no such boundary inside
-            text = body[1:-1].replace(b'},{"id":', b'}\n{"id":')
-        if not text.strip() or body.strip() == b"[]":
-            break
+    pending: list[pa.Table] = []
+    rows = pending_rows = 0
+    started = time.perf_counter()
+    for body in bodies:
+        # Records are objects that start with "id" and hold no such boundary inside.
+        text = body[1:-1].replace(b'},{"id":', b'}\n{"id":')
         table = pa_json.read_json(
             pa.BufferReader(text),
             read_options=pa_json.ReadOptions(use_threads=False, block_size=len(text) + 64),
             parse_options=parse_options,
         )
-        if mode == "wrap":
-            table = pa.Table.from_struct_array(table.column(0).combine_chunks().flatten())
-        if writer is None:
-            # Later pages are read against the first page's schema, so every row group agrees.
+        if writer is None:  # later pages are read against the first page's schema
             writer = pq.ParquetWriter(path, table.schema, compression="zstd")
-            if mode != "wrap":
-                parse_options = pa_json.ParseOptions(explicit_schema=table.schema)
-        elif table.schema != writer.schema:
-            table = table.cast(writer.schema)
-        t_write = time.perf_counter()
-        phases["to_arrow"] += t_write - t_convert
-        writer.write_table(table)
-        phases["write"] += time.perf_counter() - t_write
-        offset += table.num_rows
-        if table.num_rows < size:
-            break
+            parse_options = pa_json.ParseOptions(
+                explicit_schema=table.schema, unexpected_field_behavior="ignore"
+            )
+        pending.append(table)
+        pending_rows += table.num_rows
+        rows += table.num_rows
+        if pending_rows >= FLOOR_ROW_GROUP_ROWS:
+            writer.write_table(pa.concat_tables(pending), row_group_size=pending_rows)
+            pending, pending_rows = [], 0
     if writer is not None:
-        t_close = time.perf_counter()
+        if pending:
+            writer.write_table(pa.concat_tables(pending), row_group_size=pending_rows)
         writer.close()
-        phases["write"] += time.perf_counter() - t_close
     seconds = time.perf_counter() - started
     return {
-        "records": offset,
+        "records": rows,
         "bytes": path.stat().st_size if path.exists() else 0,
         "seconds": seconds,
         "import_s": import_s,
         "rss_after_imports_mb": rss_imports,
-        "phases": phases,
+        "pages": len(bodies),
     }
 
 
@@ -302,18 +336,16 @@ def run_contender(
     name: str, api_url: str, out: Path, page_size: int | None, ours_kwargs: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
-    if name == "ours":
-        return _run_ours(api_url, out, page_size, ours_kwargs)
+    concurrency = concurrency_of(name)
+    if concurrency is not None:
+        options = {"concurrency": concurrency, **(ours_kwargs or {})}
+        return _run_ours(api_url, out, page_size, options)
     if name == "naive":
         return _run_naive(api_url, out, page_size)
     if name == "dlt":
         return _run_dlt(api_url, out, page_size)
-    if name == "limit":
-        return _run_limit(api_url, out, page_size, "split")
-    if name == "limit_orjson":
-        return _run_limit(api_url, out, page_size, "orjson")
-    if name == "limit_wrap":
-        return _run_limit(api_url, out, page_size, "wrap")
+    if name == "cpu_floor":
+        return _run_cpu_floor(api_url, out, page_size)
     raise SystemExit(f"unknown contender {name!r}; choose from {', '.join(CONTENDERS)}")
 
 
@@ -333,6 +365,36 @@ def _child_env(sandbox_conn: str, work: Path) -> dict[str, str]:
     return env
 
 
+def official_python() -> str:
+    """The interpreter of ``.venv-official`` (the official client's own lock), made on first use."""
+    python = OFFICIAL_VENV / "bin" / "python"
+    if not python.exists():
+        uv = REPO / ".venv" / "bin" / "uv"
+        _log(f"creating {OFFICIAL_VENV.name} from {OFFICIAL_LOCK.relative_to(REPO)} (the official client)")
+        subprocess.run([str(uv), "venv", "-q", "--python", venv_python(), str(OFFICIAL_VENV)], check=True)
+        subprocess.run(
+            [str(uv), "pip", "install", "-q", "--python", str(python), "-r", str(OFFICIAL_LOCK)], check=True
+        )
+    return str(python)
+
+
+def _argv(name: str, sandbox: Any, out: Path, page_size: int | None, ours_kwargs: dict | None) -> list[str]:
+    if name == "official":
+        return [
+            official_python(),
+            str(Path(__file__).resolve().parent / "official_client.py"),
+            "--api-url", sandbox.api_url, "--api-key", DEMO_API_KEY, "--out", str(out), "--file", FILE_ID,
+            "--page-size", str(page_size or DEFAULT_PAGE_SIZE),
+        ]  # fmt: skip
+    argv = [venv_python(), str(Path(__file__).resolve()), "--run-contender", name]
+    argv += ["--api-url", sandbox.api_url, "--out", str(out)]
+    if page_size is not None:
+        argv += ["--page-size", str(page_size)]
+    if concurrency_of(name) is not None and ours_kwargs:
+        argv += ["--ours-kwargs", json.dumps(ours_kwargs)]
+    return argv
+
+
 def measure_once(
     name: str,
     sandbox: Any,
@@ -349,27 +411,16 @@ def measure_once(
     out = work / f"out-{name}"
     shutil.rmtree(out, ignore_errors=True)
     shutil.rmtree(work / f"out-{name}-dlt", ignore_errors=True)
-    argv = [
-        *(wrapper or []),
-        venv_python(),
-        str(Path(__file__).resolve()),
-        "--run-contender",
-        name,
-        "--api-url",
-        sandbox.api_url,
-        "--out",
-        str(out),
-    ]
-    if page_size is not None:
-        argv += ["--page-size", str(page_size)]
-    if name == "ours" and ours_kwargs:
-        argv += ["--ours-kwargs", json.dumps(ours_kwargs)]
+    argv = [*(wrapper or []), *_argv(name, sandbox, out, page_size, ours_kwargs)]
+    # The connection lets one listing run up to 32 pages at once: the operator's concurrency decides.
+    conn = sandbox.conn_json(max_concurrency=32)
     server_cpu_before = cpu_seconds(server_pid)
-    child = run_child(argv, env=_child_env(sandbox.conn_json(), work), timeout=timeout)
+    child = run_child(argv, env=_child_env(conn, work), timeout=timeout)
     server_cpu = cpu_seconds(server_pid) - server_cpu_before
     result: dict[str, Any] = {
         "peak_rss_mb": round(child.peak_rss_mb, 1),
         "process_s": round(child.wall_s, 2),
+        "client_cpu_s": round(child.cpu_s, 2),
         "server_cpu_s": round(server_cpu, 2),
     }
     lines = [ln for ln in child.stdout.splitlines() if ln.startswith("{")]
@@ -380,6 +431,7 @@ def measure_once(
         return result
     figures = json.loads(lines[-1])
     result.update(figures)
+    result["working_set_mb"] = round(child.peak_rss_mb - figures["rss_after_imports_mb"], 1)
     if figures["records"] != records:
         result["error"] = f"wrote {figures['records']} records of {records}"
     shutil.rmtree(out, ignore_errors=True)
@@ -389,14 +441,24 @@ def measure_once(
 
 def summarise(runs: list[dict[str, Any]], records: int) -> dict[str, Any]:
     good = [r for r in runs if "error" not in r]
+
+    def worst(key: str) -> float | None:
+        return round(max(r[key] for r in good), 1) if good else None
+
+    def middle(key: str) -> float | None:
+        return round(median([r[key] for r in good]), 2) if good else None
+
     summary: dict[str, Any] = {
         "records_per_s": round(median([records / r["seconds"] for r in good]), 1) if good else None,
-        "peak_rss_mb": max(r["peak_rss_mb"] for r in good) if good else None,
+        "seconds_median": middle("seconds"),
+        "peak_rss_mb": worst("peak_rss_mb"),
+        "working_set_mb": worst("working_set_mb"),
         "bytes": good[-1]["bytes"] if good else None,
         "seconds": [round(r["seconds"], 2) for r in good],
-        "rss_after_imports_mb": round(max(r["rss_after_imports_mb"] for r in good), 1) if good else None,
-        "import_s": round(median([r["import_s"] for r in good]), 2) if good else None,
-        "server_cpu_s": round(median([r["server_cpu_s"] for r in good]), 2) if good else None,
+        "rss_after_imports_mb": worst("rss_after_imports_mb"),
+        "import_s": middle("import_s"),
+        "server_cpu_s": middle("server_cpu_s"),
+        "client_cpu_s": middle("client_cpu_s"),
         "rounds_ok": len(good),
     }
     if any("via" in r for r in good):
@@ -410,99 +472,132 @@ def summarise(runs: list[dict[str, Any]], records: int) -> dict[str, Any]:
     return summary
 
 
-def ratios(contenders: dict[str, dict[str, Any]]) -> dict[str, float | None]:
-    ours = contenders.get("ours", {})
-    result: dict[str, float | None] = {}
-    for name, figures in contenders.items():
-        if name == "ours":
-            continue
-        result[f"ours_vs_{name}"] = ratio(ours.get("records_per_s"), figures.get("records_per_s"))
-    for name, figures in contenders.items():
-        if name == "ours":
-            continue
-        result[f"rss_ours_vs_{name}"] = ratio(ours.get("peak_rss_mb"), figures.get("peak_rss_mb"))
+def floors(
+    contenders: dict[str, dict[str, Any]], records: int, page_size: int, latency_ms: float
+) -> dict[str, dict[str, Any]]:
+    """The CPU floor as measured, and at latency the latency floor of each ``ours`` concurrency:
+    ``pages x L / c + cpu floor seconds``, as seconds and records/s."""
+    cpu_s = contenders.get("cpu_floor", {}).get("seconds_median")
+    if cpu_s is None:
+        return {}
+    result: dict[str, dict[str, Any]] = {
+        "cpu_floor": {"seconds": cpu_s, "records_per_s": round(records / cpu_s)}
+    }
+    if latency_ms <= 0:
+        return result
+    pages = -(-records // page_size)
+    for c in sorted({concurrency_of(n) for n in contenders if concurrency_of(n) is not None}):
+        seconds = pages * latency_ms / 1000.0 / c + cpu_s
+        result[f"latency_floor_c{c}"] = {
+            "seconds": round(seconds, 2),
+            "records_per_s": round(records / seconds),
+            "formula": f"{pages} pages x {latency_ms:g} ms / {c} + {cpu_s:.2f} s",
+        }
     return result
 
 
-def _start(records: int, work: Path, wrapper: list[str] | None = None) -> Any:
-    try:
-        return start_sandbox(
-            "--seed", "empty", "--usage-records", str(records), log_dir=work, wrapper=wrapper or ()
-        )
-    except RuntimeError as exc:
-        if "invalid choice" not in str(exc):
-            raise
-        return start_sandbox(
-            "--seed", "demo", "--usage-records", str(records), log_dir=work, wrapper=wrapper or ()
-        )
+def ratios(
+    contenders: dict[str, dict[str, Any]], floor: dict[str, dict[str, Any]]
+) -> dict[str, float | None]:
+    """Throughput of each ``ours`` variant over every other contender and over its floors."""
+    result: dict[str, float | None] = {}
+    for name, figures in contenders.items():
+        c = concurrency_of(name)
+        if c is None:
+            continue
+        rate = figures.get("records_per_s")
+        for other, theirs in contenders.items():
+            if concurrency_of(other) is None:
+                result[f"{name}_vs_{other}"] = ratio(rate, theirs.get("records_per_s"))
+        if f"latency_floor_c{c}" in floor:
+            result[f"{name}_vs_latency_floor"] = ratio(rate, floor[f"latency_floor_c{c}"]["records_per_s"])
+    return result
+
+
+def _start(records: int, work: Path, latency_ms: float = 0.0, wrapper: list[str] | None = None) -> Any:
+    faults = ["--faults", f"latency_ms={latency_ms:g}"] if latency_ms > 0 else []
+    return start_sandbox(
+        "--seed", "empty", "--usage-records", str(records), *faults, log_dir=work, wrapper=wrapper or ()
+    )
 
 
 def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def _report_round(round_number: int, name: str, records: int, result: dict[str, Any]) -> None:
+    if "error" in result:
+        _log(f"round {round_number} {name}: ERROR {result['error']}")
+        return
+    _log(
+        f"round {round_number} {name}: {records / result['seconds']:,.0f} records/s, "
+        f"{result['seconds']:.1f} s, peak RSS {result['peak_rss_mb']:.0f} MB "
+        f"(working set {result['working_set_mb']:.0f} MB), server CPU {result['server_cpu_s']:.1f} s"
+    )
+
+
 def compare(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    names = [n.strip() for n in args.contenders.split(",") if n.strip()]
-    unknown = [n for n in names if n not in CONTENDERS]
+    default = LATENCY_CONTENDERS if args.latency_ms > 0 else DEFAULT_CONTENDERS
+    names = [n.strip() for n in (args.contenders or ",".join(default)).split(",") if n.strip()]
+    unknown = [n for n in names if not known(n)]
     if unknown or not names:
         raise SystemExit(f"--contenders: unknown {unknown}; choose from {', '.join(CONTENDERS)}")
+    if "official" in names:
+        official_python()  # made before the clock of any round starts
     runs: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
     machine = machine_info()  # the load average before the run, next to the one after it
-    sandbox = _start(args.records, work)
+    sandbox = _start(args.records, work, args.latency_ms)
     started = time.time()
     try:
         for round_number in range(1, args.rounds + 1):
             for name in names:
                 result = measure_once(
-                    name,
-                    sandbox,
-                    args.page_size,
-                    work,
-                    args.records,
-                    args.timeout,
+                    name, sandbox, args.page_size, work, args.records, args.timeout,
                     ours_kwargs=args.ours_kwargs,
-                )
+                )  # fmt: skip
                 runs[name].append(result)
-                if "error" in result:
-                    _log(f"round {round_number} {name}: ERROR {result['error']}")
-                else:
-                    _log(
-                        f"round {round_number} {name}: {args.records / result['seconds']:,.0f} records/s, "
-                        f"{result['seconds']:.1f} s, peak RSS {result['peak_rss_mb']:.0f} MB, "
-                        f"server CPU {result['server_cpu_s']:.1f} s"
-                    )
+                _report_round(round_number, name, args.records, result)
     finally:
         sandbox.stop()
     contenders = {n: summarise(runs[n], args.records) for n in names}
+    floor = floors(contenders, args.records, args.page_size or DEFAULT_PAGE_SIZE, args.latency_ms)
+    found = ratios(contenders, floor)
     return {
         "records": args.records,
         "page_size": args.page_size or DEFAULT_PAGE_SIZE,
+        "latency_ms": args.latency_ms,
         "rounds": args.rounds,
         "contenders": contenders,
-        "ratios": ratios(contenders),
-        "targets": targets_met(contenders, ratios(contenders)),
+        "floors": floor,
+        "ratios": found,
+        "targets": targets_met(contenders, found, args.latency_ms),
         "machine": {**machine, "loadavg_1m_after": machine_info().get("loadavg_1m")},
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "elapsed_s": round(time.time() - started, 1),
     }
 
 
-def targets_met(contenders: dict[str, dict[str, Any]], r: dict[str, float | None]) -> dict[str, bool | None]:
+def targets_met(
+    contenders: dict[str, dict[str, Any]], found: dict[str, float | None], latency_ms: float
+) -> dict[str, bool | None]:
+    """Each target of this kind of run (at latency or not) that the run could judge."""
     met: dict[str, bool | None] = {}
-    for key, floor in TARGETS.items():
-        if key in r:
-            met[key] = None if r[key] is None else r[key] >= floor
-    rss = contenders.get("ours", {}).get("peak_rss_mb")
-    met[f"peak_rss_le_{RSS_TARGET_MB:.0f}mb"] = None if rss is None else rss <= RSS_TARGET_MB
+    for key, floor in (LATENCY_TARGETS if latency_ms > 0 else TARGETS).items():
+        if key in found:
+            met[f"{key} >= {floor:g}"] = None if found[key] is None else found[key] >= floor
+    working_set = contenders.get("ours", {}).get("working_set_mb")
+    if latency_ms <= 0 and working_set is not None:
+        met[f"working set <= {WORKING_SET_TARGET_MB:.0f} MB"] = working_set <= WORKING_SET_TARGET_MB
     return met
 
 
 def scaling(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """``ours`` alone at each size, one sandbox per size: working set and peak RSS against the size."""
     sizes = [int(s.replace("_", "")) for s in args.scaling.split(",") if s.strip()]
     rows: list[dict[str, Any]] = []
     started = time.time()
     for size in sizes:
-        sandbox = _start(size, work)
+        sandbox = _start(size, work, args.latency_ms)
         try:
             runs = []
             for round_number in range(1, args.rounds + 1):
@@ -510,28 +605,26 @@ def scaling(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                     "ours", sandbox, args.page_size, work, size, args.timeout, ours_kwargs=args.ours_kwargs
                 )
                 runs.append(result)
-                rate = "" if "error" in result else f"{size / result['seconds']:,.0f} records/s"
-                _log(
-                    f"{size:,} records, round {round_number}: {result.get('error') or rate}, "
-                    f"peak RSS {result['peak_rss_mb']:.0f} MB"
-                )
+                _report_round(round_number, f"ours at {size:,}", size, result)
         finally:
             sandbox.stop()
         rows.append({"records": size, **summarise(runs, size)})
-    by_size = {row["records"]: row for row in rows}
     result: dict[str, Any] = {
         "page_size": args.page_size or DEFAULT_PAGE_SIZE,
+        "latency_ms": args.latency_ms,
         "rounds": args.rounds,
         "scaling": rows,
         "ratios": {},
+        "targets": {},
     }
-    for row, previous in zip(rows[1:], rows[:-1], strict=True):
-        result["ratios"][f"rss_{row['records']}_vs_{previous['records']}"] = ratio(
-            row["peak_rss_mb"], previous["peak_rss_mb"]
-        )
-    if 1_000_000 in by_size and 3_000_000 in by_size:
-        result["ratios"]["rss_3m_vs_1m"] = ratio(
-            by_size[3_000_000]["peak_rss_mb"], by_size[1_000_000]["peak_rss_mb"]
+    for row, first in ((row, rows[0]) for row in rows[1:]):
+        for key in ("working_set_mb", "peak_rss_mb"):
+            name = f"{key.removesuffix('_mb')}_{row['records']}_vs_{first['records']}"
+            result["ratios"][name] = ratio(row[key], first[key])
+    if len(rows) > 1:
+        last = result["ratios"][f"working_set_{rows[-1]['records']}_vs_{rows[0]['records']}"]
+        result["targets"]["working set within 10 % across the sizes"] = (
+            None if last is None else abs(last - 1.0) <= 0.10
         )
     result["machine"] = machine_info()
     result["elapsed_s"] = round(time.time() - started, 1)
@@ -591,7 +684,7 @@ def profile(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     server_out = folder / "server.collapsed.txt"
     client_out = folder / "client.collapsed.txt"
     spy = [py_spy, "record", "--rate", "100", "--format", "raw", "--nonblocking", "--threads"]
-    sandbox = _start(args.records, work, wrapper=[*spy, "-o", str(server_out), "--"])
+    sandbox = _start(args.records, work, args.latency_ms, wrapper=[*spy, "-o", str(server_out), "--"])
     try:
         servers = _children(sandbox.pid)  # py-spy's child is the server itself
         result = measure_once(
@@ -635,44 +728,50 @@ def _fmt(value: Any, spec: str = "") -> str:
     return format(value, spec) if spec else str(value)
 
 
+def _print_scaling(report: dict[str, Any]) -> None:
+    print(f"ours, page size {report['page_size']}, {report['rounds']} round(s) per size")
+    print(
+        f"{'records':>10} {'records/s':>11} {'peak RSS MB':>12} {'after imports MB':>17} "
+        f"{'working set MB':>15}"
+    )
+    for row in report["scaling"]:
+        print(
+            f"{row['records']:>10,} {_fmt(row['records_per_s'], ',.0f'):>11} "
+            f"{_fmt(row['peak_rss_mb'], '.0f'):>12} {_fmt(row['rss_after_imports_mb'], '.0f'):>17} "
+            f"{_fmt(row['working_set_mb'], '.1f'):>15}"
+        )
+        for error in row.get("errors", []):
+            print(f"{'':>10} error: {error}")
+
+
 def print_table(report: dict[str, Any]) -> None:
     if "scaling" in report:
-        print(f"ours, page size {report['page_size']}, {report['rounds']} round(s) per size")
-        print(f"{'records':>10} {'records/s':>11} {'peak RSS MB':>12} {'after imports MB':>17} {'bytes':>13}")
-        for row in report["scaling"]:
-            print(
-                f"{row['records']:>10,} {_fmt(row['records_per_s'], ',.0f'):>11} "
-                f"{_fmt(row['peak_rss_mb'], '.0f'):>12} "
-                f"{_fmt(row['rss_after_imports_mb'], '.0f'):>17} {_fmt(row['bytes'], ','):>13}"
-            )
-            for error in row.get("errors", []):
-                print(f"{'':>10} error: {error}")
-        for key, value in report["ratios"].items():
-            print(f"{key}: {_fmt(value)}")
-        return
-    print(
-        f"{report['records']:,} records, page size {report['page_size']}, {report['rounds']} round(s), "
-        f"contenders alternating; medians of records/s, max of peak RSS"
-    )
-    print(
-        f"{'contender':<13} {'records/s':>10} {'peak RSS MB':>12} {'imports MB':>11} {'bytes':>13} "
-        f"{'server CPU s':>13}  rounds"
-    )
-    for name, c in report["contenders"].items():
+        _print_scaling(report)
+    else:
         print(
-            f"{name:<13} {_fmt(c['records_per_s'], ',.0f'):>10} {_fmt(c['peak_rss_mb'], '.0f'):>12} "
-            f"{_fmt(c['rss_after_imports_mb'], '.0f'):>11} {_fmt(c['bytes'], ','):>13} "
-            f"{_fmt(c['server_cpu_s'], '.1f'):>13}  {c['rounds_ok']}/{report['rounds']}"
+            f"{report['records']:,} records, page size {report['page_size']}, latency "
+            f"{report['latency_ms']:g} ms, {report['rounds']} round(s), contenders alternating; "
+            "medians of records/s, max of peak RSS and working set"
         )
-        if c.get("phases_s"):
-            print(f"{'':<13} seconds by phase: {', '.join(f'{k} {v}' for k, v in c['phases_s'].items())}")
-        for error in c.get("errors", []):
-            print(f"{'':<13} error: {error}")
-    print()
+        print(
+            f"{'contender':<13} {'records/s':>10} {'peak RSS MB':>12} {'working set MB':>15} {'bytes':>13} "
+            f"{'server CPU s':>13}  rounds"
+        )
+        for name, c in report["contenders"].items():
+            print(
+                f"{name:<13} {_fmt(c['records_per_s'], ',.0f'):>10} {_fmt(c['peak_rss_mb'], '.0f'):>12} "
+                f"{_fmt(c['working_set_mb'], '.1f'):>15} {_fmt(c['bytes'], ','):>13} "
+                f"{_fmt(c['server_cpu_s'], '.1f'):>13}  {c['rounds_ok']}/{report['rounds']}"
+            )
+            if c.get("phases_s"):
+                print(f"{'':<13} seconds by phase: {', '.join(f'{k} {v}' for k, v in c['phases_s'].items())}")
+            for error in c.get("errors", []):
+                print(f"{'':<13} error: {error}")
+        for name, f in report["floors"].items():
+            print(f"{name:<20} {f['records_per_s']:>10,} records/s ({f['seconds']} s) {f.get('formula', '')}")
+        print()
     for key, value in report["ratios"].items():
-        target = TARGETS.get(key)
-        note = f"  (target >= {target})" if target else ""
-        print(f"{key:<24} {_fmt(value)}{note}")
+        print(f"{key:<32} {_fmt(value)}")
     for key, value in report["targets"].items():
         print(f"target {key}: {'met' if value else 'NOT met' if value is not None else '-'}")
 
@@ -684,11 +783,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=3, help="rounds per contender (default 3)")
     p.add_argument(
         "--contenders",
-        default=",".join(DEFAULT_CONTENDERS),
-        help=f"comma-separated, from {', '.join(CONTENDERS)} (default {','.join(DEFAULT_CONTENDERS)})",
+        default=None,
+        help=f"comma-separated, from {', '.join(CONTENDERS)} (default {','.join(DEFAULT_CONTENDERS)}; "
+        f"with --latency-ms {','.join(LATENCY_CONTENDERS)})",
     )
     p.add_argument(
-        "--scaling", metavar="N,N,...", help="ours only, one sandbox per size, e.g. 100000,1000000,3000000"
+        "--latency-ms",
+        type=float,
+        default=0.0,
+        metavar="L",
+        help="the sandbox's latency fault: every call waits L ms (a call to the real Connect, ~150)",
+    )
+    p.add_argument(
+        "--scaling", metavar="N,N,...", help="ours only, one sandbox per size, e.g. 1000000,5000000"
     )
     p.add_argument(
         "--profile", metavar="DIR", help="one ours export under py-spy, and the server; writes DIR"

@@ -25,7 +25,7 @@ from airflow.sdk import Param, dag, task
 from connect_project import usage_pipeline as pipeline
 from connect_provider.config import API_POOL, DEFAULT_CONN_ID
 from connect_provider.operators.usage import ConnectUsageRecordsToParquetOperator
-from connect_provider.usage.exporter import DEFAULT_MAX_BAD_RECORD_RATIO
+from connect_provider.usage.exporter import DEFAULT_CONCURRENCY, DEFAULT_MAX_BAD_RECORD_RATIO
 
 
 @dag(
@@ -85,6 +85,9 @@ def connect_usage_to_parquet() -> None:
     exports = ConnectUsageRecordsToParquetOperator.partial(
         task_id="export_usage_file",
         pool=API_POOL,
+        # One pool slot per record page fetched side by side: the pool bounds Connect's calls.
+        concurrency=DEFAULT_CONCURRENCY,
+        pool_slots=DEFAULT_CONCURRENCY,
         connect_conn_id=DEFAULT_CONN_ID,
         max_bad_record_ratio="{{ params.max_bad_record_ratio }}",
     ).expand_kwargs(plan())

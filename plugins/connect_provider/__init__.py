@@ -97,6 +97,11 @@ def get_provider_info() -> dict[str, Any]:
                         "description": "Cap on one back-off sleep, including a server's Retry-After.",
                         "schema": {"type": ["number", "null"], "minimum": 0},
                     },
+                    "max_concurrency": {
+                        "label": "Pages side by side",
+                        "description": "Page calls one listing makes at once after the first page (1-32).",
+                        "schema": {"type": ["integer", "null"], "minimum": 1, "maximum": 32},
+                    },
                     "verify_ssl": {
                         "label": "Verify TLS certificates",
                         "description": "Leave on for the real Connect; turn off only for a local sandbox.",

@@ -52,6 +52,7 @@ def test_conn_fields_declare_page_size_and_timeout_as_json_schema() -> None:
     fields = _connection_type()["conn-fields"]
     assert fields["page_size"]["schema"]["type"] == ["integer", "null"]
     assert fields["timeout"]["schema"]["type"] == ["number", "null"]
+    assert fields["max_concurrency"]["schema"] == {"type": ["integer", "null"], "minimum": 1, "maximum": 32}
     for name, spec in fields.items():
         assert spec["label"], name
         assert "schema" in spec, name

@@ -37,6 +37,8 @@ def test_the_export_dag_runs_daily_without_catchup_and_maps_exports_in_the_api_p
     assert dag.params["usage_file_id"] is None
     export = dag.get_task("export_usage_file")
     assert export.pool == API_POOL and dag.get_task("plan").pool == API_POOL
+    # One slot of the API pool per record page fetched side by side.
+    assert export.partial_kwargs["concurrency"] == export.partial_kwargs["pool_slots"] == 4
     assert [o.name for o in dag.get_task("publish_dataset").outlets] == ["connect_usage_records"]
 
 

@@ -16,9 +16,11 @@ from airflow.sdk import BaseOperator
 from connect_provider.config import DEFAULT_CONN_ID
 from connect_provider.exceptions import ConnectError, ConnectValidationError
 from connect_provider.usage.exporter import (
+    DEFAULT_CONCURRENCY,
     DEFAULT_MAX_BAD_RECORD_RATIO,
     DEFAULT_PAGE_SIZE,
     bad_record_ratio,
+    export_concurrency,
     export_usage_file,
     records_query,
     validate_export_options,
@@ -96,8 +98,9 @@ class ConnectUsageRecordsToParquetOperator(_UsageOperator):
     """Export every record of a usage file to typed, hive-partitioned Parquet, atomically.
 
     Writes ``<destination>/product_id=<PRD>/period=<YYYY-MM>/usage_file_id=<UF>.parquet`` with the
-    schema of :mod:`connect_provider.usage.schema`, streaming one page and one row group at a time;
-    records that cannot be converted go to ``<destination>/_quarantine/...`` with the reason (or
+    schema of :mod:`connect_provider.usage.schema`, streaming ``concurrency + 1`` pages and one row
+    group at a time; records that cannot be converted go to ``<destination>/_quarantine/...`` with
+    the reason (or
     fail the task with ``on_bad_records="fail"``), and when more than ``max_bad_record_ratio`` of
     the records would be set aside the task fails and publishes nothing; fields the schema does not
     know are kept in the ``extra`` column. The manifest ``<destination>/_manifest/<UF>.json``
@@ -109,6 +112,11 @@ class ConnectUsageRecordsToParquetOperator(_UsageOperator):
         ``ObjectStoragePath``; ``s3://conn_id@bucket/...`` picks a connection); templated. Default:
         ``connect_provider.config.data_dir() / "usage_records"``.
     :param page_size: records per API call (1-1000, default 1000).
+    :param concurrency: record pages fetched side by side (1-32, default 4; the connection's
+        ``max_concurrency`` caps it); templated. The task takes as many slots of its pool
+        (``pool_slots`` defaults to it), so the ``cloudblue_connect_api`` pool keeps bounding the
+        calls a whole deployment makes to Connect. A templated value takes 4 slots unless
+        ``pool_slots`` says otherwise, and is checked once rendered: it may not exceed them.
     :param row_group_rows: rows per Parquet row group (default 20,000: about 2 MB of memory per 1,000
         rows is held while a row group is built; larger groups compress a little better).
     :param compression: Parquet codec (default ``zstd``).
@@ -124,6 +132,7 @@ class ConnectUsageRecordsToParquetOperator(_UsageOperator):
         "usage_file_id",
         "destination",
         "max_bad_record_ratio",
+        "concurrency",
     )
 
     def __init__(
@@ -132,36 +141,58 @@ class ConnectUsageRecordsToParquetOperator(_UsageOperator):
         usage_file_id: str,
         destination: str | ObjectStoragePath | None = None,
         page_size: int = DEFAULT_PAGE_SIZE,
+        concurrency: int | str = DEFAULT_CONCURRENCY,
         row_group_rows: int = DEFAULT_ROW_GROUP_ROWS,
         compression: str = "zstd",
         on_bad_records: str = "quarantine",
         max_bad_record_ratio: float | str = DEFAULT_MAX_BAD_RECORD_RATIO,
         **kwargs: Any,
     ) -> None:
-        super().__init__(usage_file_id=usage_file_id, **kwargs)
         templated = isinstance(max_bad_record_ratio, str) and "{{" in max_bad_record_ratio
+        concurrency_templated = isinstance(concurrency, str) and "{{" in concurrency
         validate_export_options(
             page_size=page_size,
+            concurrency=DEFAULT_CONCURRENCY if concurrency_templated else concurrency,
             row_group_rows=row_group_rows,
             compression=compression,
             on_bad_records=on_bad_records,
             max_bad_record_ratio=DEFAULT_MAX_BAD_RECORD_RATIO if templated else max_bad_record_ratio,
         )
+        if "pool_slots" not in kwargs:
+            slots = DEFAULT_CONCURRENCY if concurrency_templated else export_concurrency(concurrency)
+            kwargs["pool_slots"] = slots
+        super().__init__(usage_file_id=usage_file_id, **kwargs)
+        if not concurrency_templated:
+            self._check_pool_slots(export_concurrency(concurrency))
         self.destination = destination
+        self.concurrency = concurrency
         self.page_size = page_size
         self.row_group_rows = row_group_rows
         self.compression = compression
         self.on_bad_records = on_bad_records
         self.max_bad_record_ratio = max_bad_record_ratio
 
+    def _check_pool_slots(self, concurrency: int) -> None:
+        """The pool bounds the deployment's calls only if the task takes a slot per page call."""
+        if concurrency > self.pool_slots:
+            raise ConnectValidationError(
+                "concurrency",
+                f"{concurrency} pages side by side in a task that takes {self.pool_slots} slot(s) of pool "
+                f"{self.pool!r}: the pool would not bound the calls to Connect; give pool_slots="
+                f"{concurrency} (or leave it out), or a lower concurrency",
+            )
+
     def execute(self, context: Context) -> dict[str, Any]:
         # Checked again once rendered, before any call to Connect.
         ratio = bad_record_ratio(self.max_bad_record_ratio)
+        concurrency = export_concurrency(self.concurrency)
+        self._check_pool_slots(concurrency)
         result = export_usage_file(
             self.hook,
             self._file_id(),
             self.destination or None,
             page_size=self.page_size,
+            concurrency=concurrency,
             row_group_rows=self.row_group_rows,
             compression=self.compression,
             on_bad_records=self.on_bad_records,

@@ -1,9 +1,10 @@
 """The streaming export of one usage file to Parquet: used by the operator, the DAG and the benchmark.
 
-Flow, one page and one row group in memory at a time::
+Flow, ``concurrency + 1`` pages and one row group in memory at a time::
 
     destination checked (before any API call) -> ExportLease (one export of a file at a time)
-    hook.iter_usage_record_raw_pages (fetched one page ahead, in a thread)
+    hook.iter_usage_record_raw_pages (up to ``concurrency`` pages fetched side by side by the
+    hook's worker threads, handed on in order)
       -> PageConverter.convert (Arrow JSON reader, vectorised checks; bad records aside,
          unknown fields kept in ``extra``)
       -> StagedParquetWriter (row groups of ``row_group_rows``) + quarantine writer
@@ -21,8 +22,6 @@ the export with the counts and the first reasons.
 from __future__ import annotations
 
 import logging
-import queue
-import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from connect_provider.enums import UsageFileStatus
 from connect_provider.exceptions import ConnectError, ConnectValidationError
+from connect_provider.hooks.paging import DEFAULT_MAX_CONCURRENCY, MAX_CONCURRENCY
 from connect_provider.usage.manifest import ManifestEntry, usage_file_version, version_basis, write_entry
 from connect_provider.usage.schema import (
     FILE_SCHEMA,
@@ -71,6 +71,8 @@ BAD_RECORD_MODES = ("quarantine", "fail")
 DEFAULT_MAX_BAD_RECORD_RATIO = 0.01
 DEFAULT_PAGE_SIZE = 1000
 MAX_PAGE_SIZE = 1000
+#: Record pages fetched side by side: at Connect's ~150 ms a page, the wait of a large file / 4.
+DEFAULT_CONCURRENCY = DEFAULT_MAX_CONCURRENCY
 DEFAULT_STATUSES = (
     UsageFileStatus.READY.value,
     UsageFileStatus.PENDING.value,
@@ -122,6 +124,7 @@ def validate_export_options(
     *,
     usage_file_id: str | None = None,
     page_size: int = DEFAULT_PAGE_SIZE,
+    concurrency: int | str = DEFAULT_CONCURRENCY,
     row_group_rows: int = DEFAULT_ROW_GROUP_ROWS,
     compression: str = "zstd",
     on_bad_records: str = "quarantine",
@@ -129,6 +132,7 @@ def validate_export_options(
 ) -> None:
     """Local checks, before any call to Connect; each error names the argument and the fix."""
     bad_record_ratio(max_bad_record_ratio)
+    export_concurrency(concurrency)
     if usage_file_id is not None:
         check_partition_value("usage_file_id", usage_file_id)
     if isinstance(page_size, bool) or not isinstance(page_size, int) or not 1 <= page_size <= MAX_PAGE_SIZE:
@@ -146,6 +150,22 @@ def validate_export_options(
             "on_bad_records",
             f"{on_bad_records!r}: choose 'quarantine' (set aside) or 'fail' (stop the export)",
         )
+
+
+def export_concurrency(value: int | str) -> int:
+    """``concurrency`` as an int from 1 to 32; a rendered template (``"8"``) is accepted."""
+    number: int | None = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, str) and value.strip().isdigit():
+        number = int(value.strip())
+    if number is None or not 1 <= number <= MAX_CONCURRENCY:
+        raise ConnectValidationError(
+            "concurrency",
+            f"{value!r}: give a whole number from 1 to {MAX_CONCURRENCY}, the record pages fetched side "
+            f"by side (default {DEFAULT_CONCURRENCY}; the connection's max_concurrency caps it)",
+        )
+    return number
 
 
 def bad_record_ratio(value: float | int | str | Decimal) -> float:
@@ -224,57 +244,192 @@ class _Progress:
             self.log.info("%s: %s records, %s records/s", self.usage_file_id, f"{done:,}", f"{rate:,.0f}")
 
 
-def prefetch(pages: Iterable[PageLike], depth: int = 2) -> Iterator[PageLike]:
-    """Fetch pages in a background thread, ``depth`` pages ahead, while the caller converts.
+class _Export:
+    """One export in progress: each page checked, converted and written; then checked and published.
 
-    The network wait of the next page overlaps the Arrow work on this one. Memory stays bounded
-    (at most ``depth`` + 1 pages). An error of the fetch is raised in the caller; when the caller
-    stops early, the thread stops after the page it is fetching.
+    Split out of :func:`export_usage_pages` so each step is short and named. Nothing is published
+    before :meth:`finish` has passed every check; :meth:`discard` drops the staged files.
     """
-    if depth <= 0:
-        yield from pages
-        return
-    slots: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
-    stop = threading.Event()
 
-    def put(item: tuple[str, Any]) -> bool:
-        while not stop.is_set():
-            try:
-                slots.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
+    def __init__(
+        self,
+        context: ExportContext,
+        layout: DatasetLayout,
+        lease: ExportLease,
+        *,
+        row_group_rows: int,
+        compression: str,
+        on_bad_records: str,
+        ratio: float,
+        progress_interval: float,
+        logger: logging.Logger,
+    ) -> None:
+        self.context, self.layout, self.lease, self.log = context, layout, lease, logger
+        self.file_id = context.usage_file_id
+        self.final = layout.data_path(context.product_id, context.period, self.file_id)
+        self.quarantine_final = layout.quarantine_path(context.product_id, context.period, self.file_id)
+        self.row_group_rows, self.compression = row_group_rows, compression
+        self.on_bad_records, self.ratio = on_bad_records, ratio
+        self.converter = PageConverter(context)
+        self.data = self._writer("data", FILE_SCHEMA)
+        self.quarantine: StagedParquetWriter | None = None
+        self.ids = UniqueIdCheck()
+        self.progress = _Progress(self.file_id, logger, progress_interval)
+        self.total: int | None = None
+        self.received = 0
+        self.bad = _BadRecords()
+        self.unknown: set[str] = set()
 
-    def fetch() -> None:
-        iterator = iter(pages)
+    def _writer(self, kind: str, schema: Any) -> StagedParquetWriter:
+        return StagedParquetWriter(
+            self.layout.staging_path(self.file_id, kind, token=self.lease.token),
+            schema,
+            compression=self.compression,
+            row_group_rows=self.row_group_rows,
+        )
+
+    def add(self, page: PageLike) -> None:
+        """Check where ``page`` sits in the listing, convert it, set its bad records aside, write it."""
+        self._check_position(page)
         try:
-            for page in iterator:
-                if not put(("page", page)):
-                    break
-            else:
-                put(("end", None))
-        except BaseException as exc:
-            put(("error", exc))
-        finally:
-            close = getattr(iterator, "close", None)
-            if close is not None:
-                close()
+            converted = self.converter.convert(page.body, page.offset)
+        except PageFormatError as exc:
+            raise ConnectError(f"{self.file_id}: page at offset {page.offset}: {exc}") from exc
+        if converted.received != page.count:
+            raise ConnectError(
+                f"{self.file_id}: the page at offset {page.offset} holds {converted.received} records but "
+                f"Content-Range announced {page.count}; nothing was published"
+            )
+        self.received += converted.received
+        self._note_unknown(converted.unknown_fields)
+        if converted.bad:
+            self._set_aside(converted.bad, page.offset)
+        self.ids.add(converted.batch.column("id"))
+        self.data.write(converted.batch)
+        self.progress.update(self.received, self.total)
 
-    worker = threading.Thread(target=fetch, name="usage-page-prefetch", daemon=True)
-    worker.start()
-    try:
-        while True:
-            kind, value = slots.get()
-            if kind == "page":
-                yield value
-            elif kind == "end":
-                return
-            else:
-                raise value
-    finally:
-        stop.set()
-        worker.join(timeout=30)
+    def _check_position(self, page: PageLike) -> None:
+        """Pages of one listing: the same total on every page, in order, without gaps."""
+        if self.total is None:
+            self.total = page.total
+        elif page.total != self.total:
+            raise ConnectError(
+                f"{self.file_id}: the record count changed during the export (Content-Range total "
+                f"{self.total} then {page.total}); nothing was published, run the export again"
+            )
+        if page.offset != self.received:
+            raise ConnectError(
+                f"{self.file_id}: a page starts at offset {page.offset} after {self.received} records; "
+                "pages must arrive in order without gaps (nothing was published)"
+            )
+
+    def _note_unknown(self, fields: set[str] | frozenset[str]) -> None:
+        new_fields = set(fields) - self.unknown
+        if new_fields:
+            self.unknown |= new_fields
+            self.log.warning(
+                "%s: records carry fields this schema does not know (%s); they are kept in the "
+                "'extra' column (a JSON object by path)",
+                self.file_id,
+                ", ".join(sorted(new_fields)),
+            )
+
+    def _set_aside(self, bad: list[BadRecord], offset: int) -> None:
+        """Quarantine a page's bad records, or fail (``on_bad_records="fail"``, or past the cap)."""
+        if self.on_bad_records == "fail":
+            first = bad[0]
+            raise ConnectError(
+                f"{self.file_id}: record {first.record_id or '#' + str(first.record_index)} cannot be "
+                f"exported: {first.reason} ({len(bad)} bad on this page). "
+                "on_bad_records='fail' stops the export; use 'quarantine' to set such records aside"
+            )
+        self.bad.add(bad)
+        if self.total is not None and self.total > 0 and self.bad.count > self.ratio * self.total:
+            raise self._too_many(self.bad.count, self.total)  # past the cap whatever the other pages hold
+        if self.quarantine is None:
+            self.quarantine = self._writer("quarantine", QUARANTINE_SCHEMA)
+        self.quarantine.write(quarantine_batch(self.context, bad, datetime.now(timezone.utc)))
+        self.log.warning(
+            "%s: %d record(s) quarantined on the page at offset %d, first: %s",
+            self.file_id,
+            len(bad),
+            offset,
+            bad[0].reason,
+        )
+
+    def _too_many(self, count: int, base: int) -> ConnectError:
+        ratio = self.ratio
+        return ConnectError(
+            f"{self.file_id}: {count:,} of {base:,} records ({count / base:.2%}) cannot be exported, more "
+            f"than max_bad_record_ratio={ratio:g} ({ratio:.2%}); nothing was published. First reasons: "
+            f"{self.bad.reasons()}. So many usually means the records' shape changed on Connect: read the "
+            "reasons, or raise max_bad_record_ratio (up to 1) to publish the good records and quarantine "
+            "the rest"
+        )
+
+    def finish(self) -> int:
+        """The checks of the whole file, then publish (one move per file); the data file's size."""
+        total = 0 if self.total is None else self.total
+        self.total = total
+        if total >= 0 and self.received != total:
+            raise ConnectError(
+                f"{self.file_id}: received {self.received} records but Content-Range announced {total}; "
+                "nothing was published"
+            )
+        if total < 0:
+            self.log.warning(
+                "%s: the server sent no Content-Range; the record count was not checked", self.file_id
+            )
+        if self.received and self.bad.count > self.ratio * self.received:
+            raise self._too_many(self.bad.count, self.received)
+        self.data.close()
+        if self.quarantine is not None:
+            self.quarantine.close()
+        duplicates = self.ids.duplicates(lambda: iter_parquet_column(self.data.staged, "id"))
+        if duplicates:
+            raise ConnectError(
+                f"{self.file_id}: record ids appear more than once ({', '.join(duplicates)}); the "
+                "listing shifted while it was paged or the server repeats records. Nothing was "
+                "published; run it again"
+            )
+        size = int(self.data.staged.stat().st_size)
+        publish(self.data.staged, self.final)
+        if self.quarantine is not None:
+            publish(self.quarantine.staged, self.quarantine_final)
+        else:
+            unlink_if_exists(self.quarantine_final)
+        return size
+
+    def discard(self) -> None:
+        self.data.discard()
+        if self.quarantine is not None:
+            self.quarantine.discard()
+
+    def record(self, usage_file: dict[str, Any], size: int, started: float) -> ExportResult:
+        """Write the manifest entry of the published file and log it; the result."""
+        quarantine_path = str(self.quarantine_final) if self.quarantine is not None else None
+        context, rows, quarantined = self.context, self.data.rows, self.bad.count
+        version = usage_file_version(usage_file)
+        entry = ManifestEntry(
+            usage_file_id=self.file_id, version=version, status=usage_file.get("status"),
+            product_id=context.product_id, period=context.period, rows=rows, quarantined=quarantined,
+            bytes=size, path=str(self.final), quarantine_path=quarantine_path,
+            exported_at=context.exported_at.isoformat(), basis=version_basis(usage_file),
+            unknown_fields=sorted(self.unknown),
+        )  # fmt: skip
+        write_entry(self.layout, entry, token=self.lease.token)
+        self.progress.update(self.received, self.total, force=True)
+        elapsed = time.monotonic() - started
+        self.log.info(
+            "%s: published %s rows (%s quarantined, %s bytes) in %.1f s to %s",
+            self.file_id, f"{rows:,}", f"{quarantined:,}", f"{size:,}", elapsed, self.final,
+        )  # fmt: skip
+        return ExportResult(
+            usage_file_id=self.file_id, path=str(self.final), rows=rows, bytes=size,
+            quarantined=quarantined, quarantine_path=quarantine_path, product_id=context.product_id,
+            period=context.period, version=version, exported_at=entry.exported_at, seconds=elapsed,
+            unknown_fields=tuple(sorted(self.unknown)),
+        )  # fmt: skip
 
 
 def export_usage_pages(
@@ -316,8 +471,6 @@ def export_usage_pages(
         raise ConnectError(str(exc)) from exc
     file_id = context.usage_file_id
     layout = DatasetLayout(check_destination(destination) if lease is None else lease.layout.root)
-    final = layout.data_path(context.product_id, context.period, file_id)
-    quarantine_final = layout.quarantine_path(context.product_id, context.period, file_id)
     if lease is not None and lease.usage_file_id != file_id:
         raise ConnectError(f"the export lease is for {lease.usage_file_id}, not for {file_id}")
     own = lease is None
@@ -325,203 +478,30 @@ def export_usage_pages(
         lease = ExportLease(layout, file_id, wait_seconds=wait_for_other_export, logger=logger)
         lease.acquire()
     try:
-        return _export(
-            pages, usage_file, context, layout, lease, final, quarantine_final,
-            row_group_rows=row_group_rows, compression=compression, on_bad_records=on_bad_records,
-            ratio=ratio, progress_interval=progress_interval, logger=logger, started=started,
+        export = _Export(
+            context, layout, lease, row_group_rows=row_group_rows, compression=compression,
+            on_bad_records=on_bad_records, ratio=ratio, progress_interval=progress_interval, logger=logger,
         )  # fmt: skip
+        size = _write_all(export, pages)
+        return export.record(usage_file, size, started)
     finally:
         if own:
             lease.release()
 
 
-def _export(
-    pages: Iterable[PageLike],
-    usage_file: dict[str, Any],
-    context: ExportContext,
-    layout: DatasetLayout,
-    lease: ExportLease,
-    final: ObjectStoragePath,
-    quarantine_final: ObjectStoragePath,
-    *,
-    row_group_rows: int,
-    compression: str,
-    on_bad_records: str,
-    ratio: float,
-    progress_interval: float,
-    logger: logging.Logger,
-    started: float,
-) -> ExportResult:
-    file_id = context.usage_file_id
-    converter = PageConverter(context)
-    data = StagedParquetWriter(
-        layout.staging_path(file_id, "data", token=lease.token),
-        FILE_SCHEMA,
-        compression=compression,
-        row_group_rows=row_group_rows,
-    )
-    quarantine: StagedParquetWriter | None = None
-    ids = UniqueIdCheck()
-    progress = _Progress(file_id, logger, progress_interval)
-    total: int | None = None
-    received = 0
-    bad = _BadRecords()
-    unknown: set[str] = set()
-
-    def too_many(count: int, base: int) -> ConnectError:
-        return ConnectError(
-            f"{file_id}: {count:,} of {base:,} records ({count / base:.2%}) cannot be exported, more than "
-            f"max_bad_record_ratio={ratio:g} ({ratio:.2%}); nothing was published. First reasons: "
-            f"{bad.reasons()}. So many usually means the records' shape changed on Connect: read the "
-            "reasons, or raise max_bad_record_ratio (up to 1) to publish the good records and quarantine "
-            "the rest"
-        )
-
-    logger.info("%s: exporting to %s", file_id, final)
+def _write_all(export: _Export, pages: Iterable[PageLike]) -> int:
+    """Every page through ``export``, then publish; on any error the pages stop and nothing is published."""
+    export.log.info("%s: exporting to %s", export.file_id, export.final)
     try:
         for page in pages:
-            if total is None:
-                total = page.total
-            elif page.total != total:
-                raise ConnectError(
-                    f"{file_id}: the record count changed during the export (Content-Range total {total} "
-                    f"then {page.total}); nothing was published, run the export again"
-                )
-            if page.offset != received:
-                raise ConnectError(
-                    f"{file_id}: a page starts at offset {page.offset} after {received} records; pages must "
-                    "arrive in order without gaps (nothing was published)"
-                )
-            try:
-                converted = converter.convert(page.body, page.offset)
-            except PageFormatError as exc:
-                raise ConnectError(f"{file_id}: page at offset {page.offset}: {exc}") from exc
-            if converted.received != page.count:
-                raise ConnectError(
-                    f"{file_id}: the page at offset {page.offset} holds {converted.received} records but "
-                    f"Content-Range announced {page.count}; nothing was published"
-                )
-            received += converted.received
-            new_fields = converted.unknown_fields - unknown
-            if new_fields:
-                unknown |= new_fields
-                logger.warning(
-                    "%s: records carry fields this schema does not know (%s); they are kept in the "
-                    "'extra' column (a JSON object by path)",
-                    file_id,
-                    ", ".join(sorted(new_fields)),
-                )
-            if converted.bad:
-                if on_bad_records == "fail":
-                    first = converted.bad[0]
-                    raise ConnectError(
-                        f"{file_id}: record {first.record_id or '#' + str(first.record_index)} cannot be "
-                        f"exported: {first.reason} ({len(converted.bad)} bad on this page). "
-                        "on_bad_records='fail' stops the export; use 'quarantine' to set such records aside"
-                    )
-                bad.add(converted.bad)
-                if total is not None and total > 0 and bad.count > ratio * total:
-                    raise too_many(bad.count, total)  # past the cap whatever the other pages hold
-                if quarantine is None:
-                    quarantine = StagedParquetWriter(
-                        layout.staging_path(file_id, "quarantine", token=lease.token),
-                        QUARANTINE_SCHEMA,
-                        compression=compression,
-                        row_group_rows=row_group_rows,
-                    )
-                quarantine.write(quarantine_batch(context, converted.bad, datetime.now(timezone.utc)))
-                logger.warning(
-                    "%s: %d record(s) quarantined on the page at offset %d, first: %s",
-                    file_id,
-                    len(converted.bad),
-                    page.offset,
-                    converted.bad[0].reason,
-                )
-            ids.add(converted.batch.column("id"))
-            data.write(converted.batch)
-            progress.update(received, total)
-
-        if total is None:
-            total = 0
-        if total >= 0 and received != total:
-            raise ConnectError(
-                f"{file_id}: received {received} records but Content-Range announced {total}; "
-                "nothing was published"
-            )
-        if total < 0:
-            logger.warning("%s: the server sent no Content-Range; the record count was not checked", file_id)
-        if received and bad.count > ratio * received:
-            raise too_many(bad.count, received)
-        data.close()
-        if quarantine is not None:
-            quarantine.close()
-        duplicates = ids.duplicates(lambda: iter_parquet_column(data.staged, "id"))
-        if duplicates:
-            raise ConnectError(
-                f"{file_id}: record ids appear more than once ({', '.join(duplicates)}); the listing shifted "
-                "while it was paged or the server repeats records. Nothing was published; run it again"
-            )
-        size = int(data.staged.stat().st_size)
-        publish(data.staged, final)
-        if quarantine is not None:
-            publish(quarantine.staged, quarantine_final)
-        else:
-            unlink_if_exists(quarantine_final)
+            export.add(page)
+        return export.finish()
     except BaseException:
         close = getattr(pages, "close", None)
         if close is not None:
-            close()  # stops a prefetch thread now rather than when the generator is collected
-        data.discard()
-        if quarantine is not None:
-            quarantine.discard()
+            close()  # stops the hook's page workers now rather than when the generator is collected
+        export.discard()
         raise
-
-    quarantined = bad.count
-    elapsed = time.monotonic() - started
-    version = usage_file_version(usage_file)
-    write_entry(
-        layout,
-        ManifestEntry(
-            usage_file_id=file_id,
-            version=version,
-            status=usage_file.get("status"),
-            product_id=context.product_id,
-            period=context.period,
-            rows=data.rows,
-            quarantined=quarantined,
-            bytes=size,
-            path=str(final),
-            quarantine_path=str(quarantine_final) if quarantine is not None else None,
-            exported_at=context.exported_at.isoformat(),
-            basis=version_basis(usage_file),
-            unknown_fields=sorted(unknown),
-        ),
-        token=lease.token,
-    )
-    progress.update(received, total, force=True)
-    logger.info(
-        "%s: published %s rows (%s quarantined, %s bytes) in %.1f s to %s",
-        file_id,
-        f"{data.rows:,}",
-        f"{quarantined:,}",
-        f"{size:,}",
-        elapsed,
-        final,
-    )
-    return ExportResult(
-        usage_file_id=file_id,
-        path=str(final),
-        rows=data.rows,
-        bytes=size,
-        quarantined=quarantined,
-        quarantine_path=str(quarantine_final) if quarantine is not None else None,
-        product_id=context.product_id,
-        period=context.period,
-        version=version,
-        exported_at=context.exported_at.isoformat(),
-        seconds=elapsed,
-        unknown_fields=tuple(sorted(unknown)),
-    )
 
 
 def export_usage_file(
@@ -530,11 +510,11 @@ def export_usage_file(
     destination: str | os.PathLike[str] | ObjectStoragePath | None = None,
     *,
     page_size: int = DEFAULT_PAGE_SIZE,
+    concurrency: int = DEFAULT_CONCURRENCY,
     row_group_rows: int = DEFAULT_ROW_GROUP_ROWS,
     compression: str = "zstd",
     on_bad_records: str = "quarantine",
     max_bad_record_ratio: float | str = DEFAULT_MAX_BAD_RECORD_RATIO,
-    prefetch_pages: int = 2,
     progress_interval: float = 10.0,
     wait_for_other_export: float = DEFAULT_WAIT_SECONDS,
     logger: logging.Logger | None = None,
@@ -545,13 +525,15 @@ def export_usage_file(
     usage file id and the destination (a scheme with no filesystem here, or an existing file, is
     refused). Then the file's lease is taken (another export of the same file is waited for), one
     call reads the usage file (partition, version), and its record pages stream through
-    :func:`export_usage_pages`. This is what ``ConnectUsageRecordsToParquetOperator`` runs and what
-    the benchmark measures.
+    :func:`export_usage_pages`, up to ``concurrency`` of them fetched side by side by the hook
+    (capped by the connection's ``max_concurrency``) while this thread converts and writes. This
+    is what ``ConnectUsageRecordsToParquetOperator`` runs and what the benchmark measures.
     """
     usage_file_id = usage_file_id.strip() if isinstance(usage_file_id, str) else usage_file_id
     validate_export_options(
         usage_file_id=usage_file_id,
         page_size=page_size,
+        concurrency=concurrency,
         row_group_rows=row_group_rows,
         compression=compression,
         on_bad_records=on_bad_records,
@@ -560,25 +542,9 @@ def export_usage_file(
     layout = DatasetLayout(check_destination(destination))
     with ExportLease(layout, usage_file_id, wait_seconds=wait_for_other_export, logger=logger) as lease:
         usage_file = hook.get_usage_file(usage_file_id)
-        pages = hook.iter_usage_record_raw_pages(usage_file_id, page_size=page_size)
-        seen_pages = 0
-
-        def counted() -> Iterator[PageLike]:
-            nonlocal seen_pages
-            for page in pages:
-                seen_pages += 1
-                yield page
-            if seen_pages == 0:
-                # The hook yields nothing for an empty listing: confirm the total really is 0.
-                total = hook.count("/usage/records", query=records_query(usage_file_id))
-                if total:
-                    raise ConnectError(
-                        f"{usage_file_id}: the listing returned no records but Content-Range counts "
-                        f"{total}; nothing was published"
-                    )
-
+        pages = hook.iter_usage_record_raw_pages(usage_file_id, page_size=page_size, concurrency=concurrency)
         return export_usage_pages(
-            prefetch(counted(), prefetch_pages),
+            _confirm_empty(hook, usage_file_id, pages),
             usage_file,
             layout.root,
             row_group_rows=row_group_rows,
@@ -589,6 +555,30 @@ def export_usage_file(
             lease=lease,
             logger=logger,
         )
+
+
+def _confirm_empty(hook: ConnectHook, usage_file_id: str, pages: Iterator[PageLike]) -> Iterator[PageLike]:
+    """``pages`` as they come; when there is none, one ``limit=0`` call confirms the total is 0.
+
+    The hook yields nothing for an empty listing, and an empty file is published as an empty
+    table: a listing that comes back empty while Content-Range counts records must fail instead.
+    """
+    seen = 0
+    try:
+        for page in pages:
+            seen += 1
+            yield page
+    finally:
+        close = getattr(pages, "close", None)
+        if close is not None:
+            close()
+    if seen == 0:
+        total = hook.count("/usage/records", query=records_query(usage_file_id))
+        if total:
+            raise ConnectError(
+                f"{usage_file_id}: the listing returned no records but Content-Range counts {total}; "
+                "nothing was published"
+            )
 
 
 def records_query(usage_file_id: str) -> str:

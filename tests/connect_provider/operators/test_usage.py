@@ -184,3 +184,57 @@ class TestMaxBadRecordRatioOfTheOperator:
             "description": None,
         }
         assert first["asset_recon_id"] and first["external_billing_id"] == "INV-2026-09-0000"
+
+
+class TestConcurrencyOfTheExport:
+    @pytest.mark.parametrize("concurrency", [1, 4, 8], ids=["one", "four", "eight"])
+    def test_the_task_takes_one_pool_slot_per_page_fetched_side_by_side(self, concurrency: int) -> None:
+        op = ConnectUsageRecordsToParquetOperator(
+            task_id="x", usage_file_id=READY_FILE, concurrency=concurrency, pool="cloudblue_connect_api"
+        )
+        assert (op.concurrency, op.pool_slots, op.pool) == (concurrency, concurrency, "cloudblue_connect_api")
+
+    def test_the_default_is_four_pages_and_four_slots(self) -> None:
+        op = ConnectUsageRecordsToParquetOperator(task_id="x", usage_file_id=READY_FILE)
+        assert (op.concurrency, op.pool_slots) == (4, 4)
+
+    def test_fewer_pool_slots_than_pages_side_by_side_are_refused_when_the_dag_is_parsed(self) -> None:
+        refused = r"concurrency: 4 pages side by side .* 2 slot"
+        with pytest.raises(ConnectValidationError, match=refused) as caught:
+            ConnectUsageRecordsToParquetOperator(task_id="x", usage_file_id=READY_FILE, pool_slots=2)
+        assert "give pool_slots=4" in str(caught.value)
+
+    @pytest.mark.parametrize(
+        "value", [0, 33, "many", 2.5, True], ids=["zero", "33", "text", "fraction", "bool"]
+    )
+    def test_a_bad_value_is_refused_when_the_dag_is_parsed(self, value: object) -> None:
+        with pytest.raises(ConnectValidationError, match=r"concurrency: .*give a whole number from 1 to 32"):
+            ConnectUsageRecordsToParquetOperator(task_id="x", usage_file_id=READY_FILE, concurrency=value)
+
+    def test_it_is_templated_and_checked_once_rendered_before_any_call(self, sandbox, tmp_path: Path) -> None:
+        op = ConnectUsageRecordsToParquetOperator(
+            task_id="x", usage_file_id=READY_FILE, destination=str(tmp_path), concurrency="{{ params.c }}"
+        )
+        assert "concurrency" in op.template_fields and op.pool_slots == 4
+        calls = record_calls(sandbox)
+        for rendered in ("5", "0", "lots"):
+            op.concurrency = rendered  # what rendering leaves
+            with pytest.raises(ConnectValidationError, match="concurrency"):
+                op.execute({})
+        assert record_calls(sandbox) == calls
+        op.concurrency = "2"
+        assert op.execute({})["rows"] == 50
+
+    def test_the_connection_max_concurrency_caps_the_operators(self, sandbox, monkeypatch, tmp_path) -> None:
+        import json
+
+        from connect_provider.hooks.connect import ConnectHook
+
+        conn = json.loads(sandbox.conn_uri_json())
+        conn["extra"]["max_concurrency"] = 2
+        monkeypatch.setenv("AIRFLOW_CONN_CLOUDBLUE_CONNECT_DEFAULT", json.dumps(conn))
+        op = ConnectUsageRecordsToParquetOperator(
+            task_id="x", usage_file_id=READY_FILE, destination=str(tmp_path), concurrency=8, page_size=5
+        )
+        assert op.execute({})["rows"] == 50
+        assert ConnectHook().settings.max_concurrency == 2

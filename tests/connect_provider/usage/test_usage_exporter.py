@@ -16,7 +16,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 from connect_provider.exceptions import ConnectError, ConnectValidationError
-from connect_provider.usage.exporter import export_usage_pages, prefetch
+from connect_provider.usage.exporter import export_usage_pages
 from connect_provider.usage.manifest import read_entry, select_for_export
 from connect_provider.usage.schema import FILE_SCHEMA, QUARANTINE_SCHEMA
 from connect_provider.usage.writer import DatasetLayout
@@ -300,20 +300,6 @@ def test_the_manifest_selects_new_and_changed_files_only(dest: Path) -> None:
     (dest / DATA_REL).unlink()
     assert select_for_export(layout, [exported]) == [FILE_ID]  # its data file is gone: export again
     assert json.loads((dest / "_manifest" / f"{FILE_ID}.json").read_text())["usage_file_id"] == FILE_ID
-
-
-def test_prefetch_passes_pages_through_in_order_and_raises_the_fetch_error() -> None:
-    assert [p.offset for p in prefetch(pages([record(i) for i in range(5)], page_size=2))] == [0, 2, 4]
-
-    def failing():
-        yield from pages([record(0)])
-        raise ConnectError("boom")
-
-    got = []
-    with pytest.raises(ConnectError, match="boom"):
-        for page in prefetch(failing()):
-            got.append(page.offset)
-    assert got == [0]
 
 
 def test_records_listed_in_any_order_export_when_their_ids_are_unique(dest: Path) -> None:
