@@ -27,16 +27,18 @@ COPY --chown=airflow:0 requirements/lock.txt requirements/lock.txt
 COPY --chown=airflow:0 plugins/connect_provider plugins/connect_provider
 COPY --chown=airflow:0 include/connect_sandbox include/connect_sandbox
 
-# A regular (not editable) install of the project with its PostgreSQL extra; apache-airflow is
+# A regular (not editable) install of the project with what the DAGs and the sandbox service need:
+# the PostgreSQL outbox, DuckDB for the load DAG, the sandbox's server stack; apache-airflow is
 # named so that pip keeps the image's Airflow instead of resolving another one.
 RUN pip install --no-cache-dir \
         "apache-airflow==${AIRFLOW_VERSION}" \
-        ".[postgres]" \
+        ".[postgres,duckdb,sandbox]" \
         --constraint requirements/lock.txt \
     && python -c "import connect_provider, connect_sandbox; print('provider', connect_provider.__version__)"
 
-# DAGs and the outbox DDL baked in, so the image runs as it is (Kubernetes); docker-compose.yaml
-# mounts ./dags and ./include over them for development.
+# DAGs (with their glue, dags/connect_project) and the project's SQL (the demo rows) baked in, so the
+# image runs as it is (Kubernetes); docker-compose.yaml mounts ./dags and ./include over them for
+# development. The outbox DDL ships inside the provider package.
 COPY --chown=airflow:0 dags /opt/airflow/dags
 COPY --chown=airflow:0 include/sql /opt/airflow/include/sql
 ENV CONNECT_SQL_DIR=/opt/airflow/include/sql \

@@ -92,7 +92,7 @@ def plan(n: int, tag: str) -> tuple[list[dict], int]:
 
 def child(mode: str, n: int, sandbox_url: str) -> dict:
     """One mode in this (fresh) process; returns its figures."""
-    from airflow.dag_processing.dagbag import DagBag
+    from airflow.dag_processing.dagbag import BundleDagBag
     from airflow.utils import db
     from connect_provider import actions
     from connect_provider.hooks.connect import ConnectHook
@@ -109,7 +109,7 @@ def child(mode: str, n: int, sandbox_url: str) -> dict:
 
     outbox = Outbox.from_airflow()
     outbox.create_schema()
-    bag = DagBag(dag_folder=str(REPO / "dags"))
+    bag = BundleDagBag(dag_folder=str(REPO / "dags"), bundle_path=REPO / "dags")
     dag = bag.dags[DAG_ID]
     conf = {"chunk_size": MODES[mode], "batch_size": n + 10, "follow_timeout_seconds": 600}
     dag.test(run_conf=conf)  # warm-up: nothing pending, pays the process's one-time start-up

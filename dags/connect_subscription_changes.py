@@ -15,8 +15,8 @@ claim -> chunk -> submit_chunk (mapped over chunks, in the ``cloudblue_connect_a
   marked ``failed`` after ``max_missing_checks`` checks in a row.
 
 Parse-time settings come from environment variables (``CONNECT_CHANGES_SCHEDULE``, default every
-5 minutes; ``CONNECT_CHANGES_FOLLOW_POKE_SECONDS``...): see ``connect_provider.changes.DagSettings``.
-This file only wires tasks; the logic lives in ``connect_provider.changes``.
+5 minutes; ``CONNECT_CHANGES_FOLLOW_POKE_SECONDS``...): see ``connect_project.settings.DagSettings``.
+This file only wires tasks; the logic lives in ``connect_provider.outbox`` (``processing`` and ``follow``).
 """
 
 from __future__ import annotations
@@ -24,10 +24,12 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 
 from airflow.sdk import Param, PokeReturnValue, dag, task
-from connect_provider import changes
+from connect_project.settings import DagSettings, follow_deadline
 from connect_provider.config import API_POOL, CHANGES_DB_CONN_ID, DEFAULT_CONN_ID
+from connect_provider.outbox import follow as outbox_follow
+from connect_provider.outbox import processing
 
-SETTINGS = changes.DagSettings.from_env()
+SETTINGS = DagSettings.from_env()
 
 
 @dag(
@@ -93,8 +95,8 @@ def connect_subscription_changes() -> None:
     @task
     def claim(params: dict | None = None, dag_run=None) -> dict:
         p = params or {}
-        return changes.claim_changes(
-            changes.run_token(dag_run.dag_id, dag_run.run_id),
+        return processing.claim_changes(
+            processing.run_token(dag_run.dag_id, dag_run.run_id),
             batch_size=p["batch_size"],
             lease_seconds=p["lease_seconds"],
             changes_conn_id=p["changes_conn_id"],
@@ -102,12 +104,12 @@ def connect_subscription_changes() -> None:
 
     @task
     def split(claimed: dict, params: dict | None = None) -> list[dict]:
-        return changes.chunk_claim(claimed, (params or {})["chunk_size"])
+        return processing.chunk_claim(claimed, (params or {})["chunk_size"])
 
     @task(pool=API_POOL)
     def submit_chunk(chunk: dict, params: dict | None = None) -> dict:
         p = params or {}
-        return changes.submit_claimed_chunk(
+        return processing.submit_claimed_chunk(
             chunk,
             connect_conn_id=p["connect_conn_id"],
             changes_conn_id=p["changes_conn_id"],
@@ -124,10 +126,10 @@ def connect_subscription_changes() -> None:
     )
     def follow(params: dict | None = None, dag_run=None) -> PokeReturnValue:
         p = params or {}
-        done, counts = changes.follow_poke(
+        done, counts = outbox_follow.follow_poke(
             connect_conn_id=p["connect_conn_id"],
             changes_conn_id=p["changes_conn_id"],
-            deadline=changes.follow_deadline(dag_run.start_date, p["follow_timeout_seconds"]),
+            deadline=follow_deadline(dag_run.start_date, p["follow_timeout_seconds"]),
             max_missing_checks=p["max_missing_checks"],
         )
         return PokeReturnValue(is_done=done, xcom_value=counts)

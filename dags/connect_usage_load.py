@@ -5,7 +5,7 @@ every export the database has not loaded yet into ``usage_records``: a DuckDB fi
 (``<data folder>/usage.duckdb``, Variable ``connect_usage_duckdb_path``), or the PostgreSQL
 connection named by the Variable ``connect_usage_db_conn_id``. Reloading a usage file replaces its
 rows (delete by ``usage_file_id`` then insert, in one transaction). The logic lives in
-``connect_provider.usage.pipeline`` and ``connect_provider.usage.load``.
+``connect_project.usage_pipeline`` and ``connect_project.usage_load`` (beside this file).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from airflow.sdk import dag, task
-from connect_provider.usage import pipeline
+from connect_project import usage_pipeline as pipeline
 
 
 @dag(

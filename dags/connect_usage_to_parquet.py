@@ -13,7 +13,7 @@ plan -> export_usage_file (mapped, one per usage file, in the ``cloudblue_connec
   ``connect_usage_load`` DAG is scheduled on it.
 
 Settings (params, else Variables, else defaults) are described in
-``connect_provider.usage.pipeline``; this file only wires tasks.
+``connect_project.usage_pipeline`` (beside this file); this file only wires tasks.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from airflow.sdk import Param, dag, task
+from connect_project import usage_pipeline as pipeline
 from connect_provider.config import API_POOL, DEFAULT_CONN_ID
 from connect_provider.operators.usage import ConnectUsageRecordsToParquetOperator
-from connect_provider.usage import pipeline
 from connect_provider.usage.exporter import DEFAULT_MAX_BAD_RECORD_RATIO
 
 

@@ -22,6 +22,8 @@ from typing import Any
 from connect_sandbox.testing import SandboxStartError, start_sandbox
 
 ROOT = Path(__file__).resolve().parent.parent
+# The DAGs' glue (dags/connect_project) is importable as Airflow makes it: the DAG folder on sys.path.
+sys.path.append(str(ROOT / "dags"))
 AIRFLOW_HOME = Path(os.environ.get("AIRFLOW_HOME") or ROOT / "airflow_home")
 DATA_DIR = Path(os.environ.get("CONNECT_DATA_DIR") or ROOT / "data")
 
@@ -91,12 +93,12 @@ def main() -> int:
         _configure_environment(sandbox.conn_json())
         print(f"Connect sandbox: {sandbox.api_url}")
         with _output_to(log_path):
-            from airflow.dag_processing.dagbag import DagBag
+            from airflow.dag_processing.dagbag import BundleDagBag
             from airflow.utils import db
 
             db.resetdb()
             _prepare_demo_data()
-            bag = DagBag(dag_folder=str(ROOT / "dags"))
+            bag = BundleDagBag(dag_folder=str(ROOT / "dags"), bundle_path=ROOT / "dags")
         if bag.import_errors:
             for path, err in bag.import_errors.items():
                 print(f"IMPORT ERROR {path}: {err}")
@@ -121,8 +123,9 @@ def main() -> int:
 def _prepare_demo_data() -> None:
     """The outbox of the target application, with demo rows, and the API pool."""
     from airflow.models.pool import Pool
+    from connect_project.demo import seed_demo_changes
     from connect_provider.config import API_POOL
-    from connect_provider.outbox import Outbox, seed_demo_changes
+    from connect_provider.outbox import Outbox
 
     Pool.create_or_update_pool(
         API_POOL, slots=4, description="Bounds concurrent calls to Connect", include_deferred=False

@@ -13,8 +13,10 @@ it through ``AIRFLOW_CONN_CLOUDBLUE_CONNECT_DEFAULT``. It is started by the proj
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -32,6 +34,27 @@ os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(ROOT / "dags"))
 os.environ.setdefault("AIRFLOW__CORE__PLUGINS_FOLDER", str(_SESSION_DIR / "no_plugins"))
 os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "True")
 os.environ.setdefault("AIRFLOW__CORE__PARALLELISM", "4")
+
+
+
+def _register_factory(name: str, path: Path) -> None:
+    """Make a module of test builders importable as ``name`` from every test folder.
+
+    Under ``--import-mode=importlib`` test modules cannot import their neighbours; the usage record
+    builders serve the provider's usage tests and the project's load tests alike, the outbox
+    builders the outbox's processing and follow tests.
+    """
+    if name in sys.modules:
+        return
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+
+
+_register_factory("usage_factory", ROOT / "tests" / "connect_provider" / "usage" / "usage_factory.py")
+_register_factory("outbox_factory", ROOT / "tests" / "connect_provider" / "outbox" / "outbox_factory.py")
 
 # Short retry waits and timeouts: a test of a fault must not wait out the production back-off.
 SANDBOX_CONN_EXTRA = {"max_wait": 2, "timeout": 10}

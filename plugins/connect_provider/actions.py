@@ -48,11 +48,24 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from airflow.sdk.exceptions import AirflowFailException
 
 from connect_provider import validation as v
+from connect_provider.arguments import (
+    ActionArgs,
+    ApproveArgs,
+    AssetArgs,
+    CancelArgs,
+    ChangeArgs,
+    FailArgs,
+    InquireArgs,
+    PurchaseArgs,
+    SuspendResumeArgs,
+    default_asset_external_uid,
+    request_arguments,
+)
 from connect_provider.enums import AssetStatus, RequestStatus, RequestType
 from connect_provider.exceptions import (
     ConnectAmbiguousWriteError,
@@ -69,8 +82,24 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Namespace of the UUID5 that names an asset when no ``asset_external_uid`` is given.
-ASSET_UID_NAMESPACE = uuid.UUID("6f1c2a4e-9a51-5d0e-8a77-0c0e5c1b7a11")
+_A = TypeVar("_A", bound=ActionArgs)
+
+__all__ = [
+    "ActionResult",
+    "approve",
+    "cancel",
+    "change",
+    "default_asset_external_uid",
+    "default_tier_external_uid",
+    "fail",
+    "inquire",
+    "purchase",
+    "run",
+    "run_action",
+    "suspend_resume",
+    "validate_action",
+]
+
 #: Namespace of the UUID5 that names a tier account that Connect does not know yet.
 TIER_UID_NAMESPACE = uuid.UUID("3b8e6f0d-27c4-5b9a-9f43-52a1d0e6c9b2")
 
@@ -174,239 +203,27 @@ class ActionResult:
         )
 
 
-def default_asset_external_uid(asset_external_id: str, product_id: str) -> str:
-    """The asset external uid used when none is given: stable across retries, one per product.
-
-    A subscription's identity is per product (the Zapier app buys one external id once per product
-    of an order: connect-fulfillment-zapier-app : lib/connect/api/assetRequests/create.js), and
-    Connect refuses a second asset with an external_uid already taken: deriving the uid from the
-    external id alone would make the second product's purchase collide with the first one's.
-    """
-    return str(uuid.uuid5(ASSET_UID_NAMESPACE, f"{product_id}/{asset_external_id}"))
-
-
 def default_tier_external_uid(tier_external_id: str) -> str:
     """The external uid of a tier account that Connect does not know yet (stable across retries)."""
     return str(uuid.uuid5(TIER_UID_NAMESPACE, tier_external_id))
 
 
-# --------------------------------------------------------------------------- validation (pure)
-
-
-@dataclass(frozen=True)
-class _PurchaseSpec:
-    asset_external_id: str
-    asset_external_uid: str
-    uid_given: bool
-    hub_id: str
-    marketplace: str
-    tier1: dict[str, Any]
-    customer: dict[str, Any]
-    tier2: dict[str, Any] | None
-    product_id: str
-    items: list[dict[str, Any]]
-    params: list[dict[str, Any]]
-    connection_type: str
-    connection_id: str | None
-    reuse: bool
-
-
-@dataclass(frozen=True)
-class _AssetRef:
-    asset_id: str | None
-    external_id: str | None
-    external_uid: str | None
-
-    def describe(self) -> str:
-        if self.asset_id:
-            return f"asset_id={self.asset_id}"
-        parts = []
-        if self.external_id:
-            parts.append(f"external_id={self.external_id!r}")
-        if self.external_uid:
-            parts.append(f"external_uid={self.external_uid!r}")
-        return ", ".join(parts)
-
-
-def _purchase_spec(
-    *,
-    asset_external_id: Any,
-    hub_id: Any,
-    marketplace: Any,
-    tier1: Any,
-    items: Any = None,
-    customer: Any = None,
-    product_id: Any = None,
-    asset_external_uid: Any = None,
-    params: Any = None,
-    connection_type: Any = "production",
-    reuse_existing_request: Any = True,
-    item_id: Any = None,
-    quantity: Any = None,
-    connection_id: Any = None,
-    tier2: Any = None,
-) -> _PurchaseSpec:
-    ext = v.external_id("asset_external_id", asset_external_id)
-    uid = v.optional_text("asset_external_uid", asset_external_uid)
-    hub = v.hub_id("hub_id", hub_id)
-    mp = v.marketplace("marketplace", marketplace)
-    normalised = v.items(
-        "items", items, single_item_id=item_id, single_quantity=quantity, allow_local=False, allow_zero=False
-    )
-    if product_id is not None and product_id != "":
-        product = v.product_id("product_id", product_id)
-    else:
-        product = v.product_of_item(normalised[0]["id"])
-    for index, item in enumerate(normalised):
-        if v.product_of_item(item["id"]) != product:
-            field = f"items[{index}].item_id" if items not in (None, "") else "item_id"
-            raise ConnectValidationError(
-                field, f"{item['id']} is not an item of product {product}; one purchase buys one product"
-            )
-    if uid is not None:
-        v.rql_text("asset_external_uid", uid)
-    return _PurchaseSpec(
-        asset_external_id=ext,
-        asset_external_uid=uid or default_asset_external_uid(ext, product),
-        uid_given=uid is not None,
-        hub_id=hub,
-        marketplace=mp,
-        tier1=v.tier("tier1", tier1),
-        customer=_required_customer(customer),
-        tier2=None if tier2 in (None, "", {}) else v.tier("tier2", tier2),
-        product_id=product,
-        items=normalised,
-        params=v.params("params", params),
-        connection_type=v.connection_type("connection_type", connection_type),
-        connection_id=v.connection_id("connection_id", connection_id)
-        if connection_id not in (None, "")
-        else None,
-        reuse=v.boolean("reuse_existing_request", reuse_existing_request),
-    )
-
-
-def _required_customer(customer: Any) -> dict[str, Any]:
-    # Connect refuses a purchase without the end customer's tier account (the sandbox does too):
-    # say so before any call, naming the argument.
-    if customer in (None, "", {}):
-        raise ConnectValidationError(
-            "customer",
-            "a purchase needs the end customer's tier account: give customer={name, external_id, "
-            "contact_info} (the same shape as tier1)",
-        )
-    return v.tier("customer", customer)
-
-
-def _asset_ref(asset_id: Any, asset_external_id: Any, asset_external_uid: Any) -> _AssetRef:
-    return _AssetRef(*v.asset_identity(asset_id, asset_external_id, asset_external_uid))
-
-
-def _change_items(items: Any, item_id: Any, quantity: Any) -> list[dict[str, Any]]:
-    return v.items(
-        "items", items, single_item_id=item_id, single_quantity=quantity, allow_local=True, allow_zero=True
-    )
-
-
-_ACTION_ARGUMENTS: dict[str, frozenset[str]] = {
-    "purchase": frozenset(
-        {
-            "asset_external_id",
-            "hub_id",
-            "marketplace",
-            "tier1",
-            "items",
-            "customer",
-            "product_id",
-            "asset_external_uid",
-            "params",
-            "connection_type",
-            "reuse_existing_request",
-            "item_id",
-            "quantity",
-            "connection_id",
-            "tier2",
-        }
-    ),
-    "change": frozenset(
-        {
-            "asset_external_id",
-            "asset_external_uid",
-            "asset_id",
-            "items",
-            "item_id",
-            "quantity",
-            "reuse_existing_request",
-        }
-    ),
-    "suspend": frozenset(
-        {"asset_external_id", "asset_external_uid", "asset_id", "reuse_existing_request", "request_type"}
-    ),
-    "resume": frozenset(
-        {"asset_external_id", "asset_external_uid", "asset_id", "reuse_existing_request", "request_type"}
-    ),
-    "cancel": frozenset({"asset_external_id", "asset_external_uid", "asset_id", "reuse_existing_request"}),
-}
-
-
-def _checked_arguments(change_type: Any, arguments: Any) -> tuple[str, dict[str, Any]]:
-    if change_type not in _ACTION_ARGUMENTS:
-        raise ConnectValidationError(
-            "change_type", f"must be one of {', '.join(_ACTION_ARGUMENTS)}, got {change_type!r}"
-        )
-    if not isinstance(arguments, Mapping):
-        raise ConnectValidationError(
-            "arguments", f"must be a dict of the action's arguments, got {arguments!r}"
-        )
-    unknown = set(arguments) - _ACTION_ARGUMENTS[change_type]
-    if unknown:
-        name = sorted(unknown)[0]
-        raise ConnectValidationError(
-            name,
-            f"is not an argument of a {change_type} request; known: {sorted(_ACTION_ARGUMENTS[change_type])}",
-        )
-    args = dict(arguments)
-    if change_type in ("suspend", "resume"):
-        given = args.pop("request_type", change_type)
-        if given != change_type:
-            raise ConnectValidationError(
-                "request_type", f"is {given!r} but the change type is {change_type!r}"
-            )
-    return change_type, args
+# --------------------------------------------------------------------------- by change type
 
 
 def validate_action(change_type: str, arguments: Mapping[str, Any]) -> None:
     """Check an action's arguments locally (no API call); raise :class:`ConnectValidationError`."""
-    change_type, args = _checked_arguments(change_type, arguments)
-    if change_type == "purchase":
-        missing = [k for k in ("asset_external_id", "hub_id", "marketplace", "tier1") if k not in args]
-        if missing:
-            what = {
-                "marketplace": "Connect refuses a purchase without its marketplace (an MP-... id or its "
-                "exact name)",
-                "hub_id": "the hub (HB-XXXX-XXXX) selects the product's connection",
-            }
-            raise ConnectValidationError(
-                missing[0],
-                f"is required for a purchase{': ' + what[missing[0]] if missing[0] in what else ''}",
-            )
-        _purchase_spec(**args)
-        return
-    _asset_ref(args.get("asset_id"), args.get("asset_external_id"), args.get("asset_external_uid"))
-    v.boolean("reuse_existing_request", args.get("reuse_existing_request", True))
-    if change_type == "change":
-        _change_items(args.get("items"), args.get("item_id"), args.get("quantity"))
+    request_arguments(change_type, arguments).checked()
 
 
 def run_action(hook: ConnectHook, change_type: str, arguments: Mapping[str, Any]) -> ActionResult:
     """Run the action named by ``change_type`` (purchase, change, suspend, resume, cancel)."""
-    change_type, args = _checked_arguments(change_type, arguments)
-    if change_type == "purchase":
-        return purchase(hook, **args)
-    if change_type == "change":
-        return change(hook, **args)
-    if change_type in ("suspend", "resume"):
-        return suspend_resume(hook, request_type=change_type, **args)
-    return cancel(hook, **args)
+    return run(hook, request_arguments(change_type, arguments))
+
+
+def run(hook: ConnectHook, args: ActionArgs) -> ActionResult:
+    """Run the action a declaration is the arguments of (what the operators call)."""
+    return _RUNNERS[type(args)](hook, args)
 
 
 # --------------------------------------------------------------------------- look-ups
@@ -421,11 +238,11 @@ def _requests_for_asset(hook: ConnectHook, asset_id: str, request_type: str) -> 
     return list(hook.list_requests(R(asset__id=asset_id) & R(type=request_type)))
 
 
-def _resolve_asset(hook: ConnectHook, ref: _AssetRef) -> dict[str, Any]:
+def _resolve_asset(hook: ConnectHook, ref: AssetArgs) -> dict[str, Any]:
     """The one asset ``ref`` names; a clear error when there is none or more than one."""
     if ref.asset_id:
         return hook.get_asset(ref.asset_id)
-    found = list(hook.find_assets(external_id=ref.external_id, external_uid=ref.external_uid))
+    found = list(hook.find_assets(external_id=ref.asset_external_id, external_uid=ref.asset_external_uid))
     if not found:
         raise ConnectNotFoundError(f"No asset found with {ref.describe()}; check the id or pass asset_id.")
     if len(found) > 1:
@@ -617,34 +434,19 @@ def _asset_request(
     hook: ConnectHook,
     *,
     request_type: str,
-    ref: _AssetRef,
-    reuse: bool,
+    ref: AssetArgs,
     build_payload: Callable[[dict[str, Any]], dict[str, Any]],
     target_items: Callable[[dict[str, Any]], list[dict[str, Any]] | None] = lambda asset: None,
 ) -> ActionResult:
+    """Find or create a request of ``request_type`` on the asset ``ref`` names (see the module doc)."""
     asset = _resolve_asset(hook, ref)
     asset_id = str(asset["id"])
     payload = build_payload(asset)  # may still refuse input (e.g. an item the asset does not have)
     existing = _requests_for_asset(hook, asset_id, request_type)
-    if reuse:
-        open_request = _latest(r for r in existing if r.get("status") in OPEN_STATUSES)
-        if open_request is not None:
-            log.info("Reusing open %s request %s of asset %s.", request_type, open_request["id"], asset_id)
-            return ActionResult.from_request(open_request, reused=True, asset=asset)
-        if _already_in_state(request_type, asset, target_items(asset)):
-            done = _latest(
-                r for r in existing if r.get("status") == RequestStatus.APPROVED.value
-            ) or _latest_approved(hook, asset_id)
-            if done is not None:
-                log.info(
-                    "Asset %s is already %s; no %s request is needed. Returning approved request %s (%s).",
-                    asset_id,
-                    asset.get("status"),
-                    request_type,
-                    done["id"],
-                    done.get("type"),
-                )
-                return ActionResult.from_request(done, reused=True, asset=asset)
+    if ref.reuse_existing_request:
+        done = _nothing_to_create(hook, request_type, asset, existing, target_items(asset))
+        if done is not None:
+            return done
     known = {r.get("id") for r in existing}
     what = f"a {request_type} request for asset {asset_id}"
 
@@ -654,20 +456,7 @@ def _asset_request(
         )
 
     def settle(exc: ConnectAPIError) -> dict[str, Any] | None:
-        if request_type == RequestType.CHANGE.value and exc.status == 400 and ITEMS_UNCHANGED in exc.errors:
-            # The quantities were set meanwhile: the asset's state is the answer, as above (None lets
-            # Connect's refusal through).
-            return _latest_approved(hook, asset_id)
-        named = _named_request(hook, exc)
-        if named is None:
-            return None
-        if (named.get("asset") or {}).get("id") not in (None, asset_id):
-            return None
-        if named.get("type") == request_type:
-            return named
-        if request_type in ALREADY_THERE.get(str(exc.params.get("asset_status")), ()):
-            return named  # nothing to do: the asset already is where this request would take it
-        raise _in_the_way(exc, named, what) from exc  # type: ignore[arg-type]
+        return _settle_asset_request(hook, request_type, asset_id, what, exc)
 
     request, reused = _create_once(hook, payload, find_own, what, settle)
     if reused:
@@ -677,6 +466,57 @@ def _asset_request(
     else:
         log.info("Created %s request %s for asset %s.", request_type, request.get("id"), asset_id)
     return ActionResult.from_request(request, reused=reused, asset=asset)
+
+
+def _nothing_to_create(
+    hook: ConnectHook,
+    request_type: str,
+    asset: dict[str, Any],
+    existing: list[dict[str, Any]],
+    items: list[dict[str, Any]] | None,
+) -> ActionResult | None:
+    """The open request to reuse, or the approved one the asset's state already comes from; or None."""
+    asset_id = str(asset["id"])
+    open_request = _latest(r for r in existing if r.get("status") in OPEN_STATUSES)
+    if open_request is not None:
+        log.info("Reusing open %s request %s of asset %s.", request_type, open_request["id"], asset_id)
+        return ActionResult.from_request(open_request, reused=True, asset=asset)
+    if not _already_in_state(request_type, asset, items):
+        return None
+    done = _latest(
+        r for r in existing if r.get("status") == RequestStatus.APPROVED.value
+    ) or _latest_approved(hook, asset_id)
+    if done is None:
+        return None
+    log.info(
+        "Asset %s is already %s; no %s request is needed. Returning approved request %s (%s).",
+        asset_id,
+        asset.get("status"),
+        request_type,
+        done["id"],
+        done.get("type"),
+    )
+    return ActionResult.from_request(done, reused=True, asset=asset)
+
+
+def _settle_asset_request(
+    hook: ConnectHook, request_type: str, asset_id: str, what: str, exc: ConnectAPIError
+) -> dict[str, Any] | None:
+    """Connect's refusal of an asset request as the request it names, or None to let it through."""
+    if request_type == RequestType.CHANGE.value and exc.status == 400 and ITEMS_UNCHANGED in exc.errors:
+        # The quantities were set meanwhile: the asset's state is the answer, as above (None lets
+        # Connect's refusal through).
+        return _latest_approved(hook, asset_id)
+    named = _named_request(hook, exc)
+    if named is None:
+        return None
+    if (named.get("asset") or {}).get("id") not in (None, asset_id):
+        return None
+    if named.get("type") == request_type:
+        return named
+    if request_type in ALREADY_THERE.get(str(exc.params.get("asset_status")), ()):
+        return named  # nothing to do: the asset already is where this request would take it
+    raise _in_the_way(exc, named, what) from exc  # type: ignore[arg-type]
 
 
 def _latest_approved(hook: ConnectHook, asset_id: str) -> dict[str, Any] | None:
@@ -691,26 +531,17 @@ def _latest_approved(hook: ConnectHook, asset_id: str) -> dict[str, Any] | None:
 # --------------------------------------------------------------------------- the actions
 
 
-def purchase(
-    hook: ConnectHook,
-    *,
-    asset_external_id: str,
-    hub_id: str,
-    marketplace: str,
-    tier1: Mapping[str, Any],
-    items: list[Mapping[str, Any]] | Mapping[str, Any] | None = None,
-    customer: Mapping[str, Any] | None = None,
-    product_id: str | None = None,
-    asset_external_uid: str | None = None,
-    params: Mapping[str, Any] | None = None,
-    connection_type: str = "production",
-    reuse_existing_request: bool = True,
-    item_id: str | None = None,
-    quantity: int | str | None = None,
-    connection_id: str | None = None,
-    tier2: Mapping[str, Any] | None = None,
-) -> ActionResult:
-    """Create (or find) the purchase request of a new asset.
+def _declared(declaration: type[_A], args: _A | None, arguments: Mapping[str, Any]) -> _A:
+    """The checked arguments of an action called with its declaration or with keyword arguments."""
+    if args is not None and arguments:
+        raise TypeError(f"give a {declaration.__name__} or keyword arguments, not both")
+    if args is None:
+        args = declaration.of(arguments)
+    return args.checked()
+
+
+def purchase(hook: ConnectHook, args: PurchaseArgs | None = None, /, **arguments: Any) -> ActionResult:
+    """Create (or find) the purchase request of a new asset; the arguments are :class:`PurchaseArgs`.
 
     ``items`` is a list of ``{"item_id", "quantity"}`` (or give one ``item_id`` with ``quantity``);
     the product is the items' product unless ``product_id`` is given; the connection is the one of
@@ -725,108 +556,17 @@ def purchase(
     the existing purchase (``reused=True``), unless the asset is another product's, which is an
     error naming it.
     """
-    spec = _purchase_spec(
-        asset_external_id=asset_external_id,
-        hub_id=hub_id,
-        marketplace=marketplace,
-        tier1=tier1,
-        items=items,
-        customer=customer,
-        product_id=product_id,
-        asset_external_uid=asset_external_uid,
-        params=params,
-        connection_type=connection_type,
-        reuse_existing_request=reuse_existing_request,
-        item_id=item_id,
-        quantity=quantity,
-        connection_id=connection_id,
-        tier2=tier2,
-    )
-    if spec.reuse:
-        found = _purchase_for_existing_asset(
-            hook,
-            external_id=spec.asset_external_id,
-            external_uid=spec.asset_external_uid if spec.uid_given else None,
-            product_id=spec.product_id,
-        )
-        if found is not None:
-            asset, request = found
-            log.info(
-                "Asset %s already exists with external_id %r; returning its purchase request %s (%s).",
-                asset["id"],
-                spec.asset_external_id,
-                request["id"],
-                request.get("status"),
-            )
-            return ActionResult.from_request(request, reused=True, asset=asset)
-
-    mp = hook.find_marketplace(spec.marketplace)
-    _check_marketplace_serves_hub(mp, spec.hub_id)
-    if spec.connection_id is None:
-        try:
-            connection_ref = hook.find_connection(spec.product_id, spec.hub_id, spec.connection_type)["id"]
-        except ConnectError as exc:
-            if type(exc) is not ConnectError:  # not found, transport, API errors: as they are
-                raise
-            raise ConnectError(f"{exc} (pass connection_id to choose one)") from None
-    else:
-        connection_ref = spec.connection_id  # Connect checks it belongs to the product and hub
-    tiers = {
-        "customer": _tier_payload(hook, spec.customer, spec.hub_id),
-        "tier1": _tier_payload(hook, spec.tier1, spec.hub_id),
-    }
-    if spec.tier2 is not None:
-        tiers["tier2"] = _tier_payload(hook, spec.tier2, spec.hub_id)
-    asset: dict[str, Any] = {
-        "external_id": spec.asset_external_id,
-        "external_uid": spec.asset_external_uid,
-        "product": {"id": spec.product_id},
-        "connection": {"id": connection_ref},
-        "items": spec.items,
-        "params": spec.params,
-        "tiers": tiers,
-    }
-    payload = {"type": RequestType.PURCHASE.value, "asset": asset, "marketplace": {"id": mp["id"]}}
-
-    def find_own() -> dict[str, Any] | None:
-        # Our own uid: a purchase with it can only come from an earlier attempt of this create.
-        assets = hook.find_assets(
-            external_id=spec.asset_external_id,
-            external_uid=spec.asset_external_uid,
-            product_id=spec.product_id,
-        )
-        for candidate in assets:
-            if candidate.get("external_uid") == spec.asset_external_uid:
-                return _latest(_requests_for_asset(hook, candidate["id"], RequestType.PURCHASE.value))
-        return None
-
-    def settle(exc: ConnectAPIError) -> dict[str, Any] | None:
-        named = _named_request(hook, exc)
-        if named is None:
-            return None
-        their = named.get("asset") or {}
-        their_product = (their.get("product") or {}).get("id")
-        if their_product not in (None, spec.product_id):
-            raise ConnectConflictError(
-                f"Connect refused the purchase of {spec.asset_external_id!r}: asset {their.get('id')} of "
-                f"product {their_product} already has external_uid {spec.asset_external_uid!r}; an "
-                f"external uid names one asset, so give this product's purchase another "
-                "asset_external_uid",
-                status=exc.status,
-                error_code=exc.error_code,
-                errors=exc.errors,
-                method=exc.method,
-                path=exc.path,
-                params=exc.params,
-            ) from exc
-        if named.get("type") == RequestType.PURCHASE.value:
-            return named
-        if their.get("id"):
-            return _latest(_requests_for_asset(hook, str(their["id"]), RequestType.PURCHASE.value)) or named
-        return named
-
+    spec = _declared(PurchaseArgs, args, arguments)
+    if spec.reuse_existing_request:
+        existing = _existing_purchase(hook, spec)
+        if existing is not None:
+            return existing
     request, reused = _create_once(
-        hook, payload, find_own, f"the purchase of {spec.asset_external_id!r}", settle
+        hook,
+        _purchase_payload(hook, spec),
+        lambda: _own_purchase(hook, spec),
+        f"the purchase of {spec.asset_external_id!r}",
+        lambda exc: _settle_purchase(hook, spec, exc),
     )
     if reused:
         log.info(
@@ -838,6 +578,87 @@ def purchase(
     else:
         log.info("Created purchase request %s for external_id %r.", request.get("id"), spec.asset_external_id)
     return ActionResult.from_request(request, reused=reused, asset={"external_id": spec.asset_external_id})
+
+
+def _existing_purchase(hook: ConnectHook, spec: PurchaseArgs) -> ActionResult | None:
+    """The purchase of an asset that already has this external id (and uid) for the product."""
+    found = _purchase_for_existing_asset(
+        hook,
+        external_id=spec.asset_external_id,
+        external_uid=spec.asset_external_uid if spec.uid_given else None,
+        product_id=spec.product_id,
+    )
+    if found is None:
+        return None
+    asset, request = found
+    log.info(
+        "Asset %s already exists with external_id %r; returning its purchase request %s (%s).",
+        asset["id"],
+        spec.asset_external_id,
+        request["id"],
+        request.get("status"),
+    )
+    return ActionResult.from_request(request, reused=True, asset=asset)
+
+
+def _purchase_payload(hook: ConnectHook, spec: PurchaseArgs) -> dict[str, Any]:
+    """Resolve the marketplace, the connection and the tiers' uids; the body of the create."""
+    mp = hook.find_marketplace(spec.marketplace)
+    _check_marketplace_serves_hub(mp, spec.hub_id)
+    if spec.connection_id is None:
+        try:
+            connection_id = hook.find_connection(spec.product_id, spec.hub_id, spec.connection_type)["id"]
+        except ConnectError as exc:
+            if type(exc) is not ConnectError:  # not found, transport, API errors: as they are
+                raise
+            raise ConnectError(f"{exc} (pass connection_id to choose one)") from None
+    else:
+        connection_id = spec.connection_id  # Connect checks it belongs to the product and hub
+    tiers = {
+        "customer": _tier_payload(hook, spec.customer, spec.hub_id),
+        "tier1": _tier_payload(hook, spec.tier1, spec.hub_id),
+    }
+    if spec.tier2 is not None:
+        tiers["tier2"] = _tier_payload(hook, spec.tier2, spec.hub_id)
+    return spec.connect_payload(marketplace_id=mp["id"], connection_id=connection_id, tiers=tiers)
+
+
+def _own_purchase(hook: ConnectHook, spec: PurchaseArgs) -> dict[str, Any] | None:
+    """The purchase an earlier attempt of this create made: our own uid can only come from one."""
+    assets = hook.find_assets(
+        external_id=spec.asset_external_id, external_uid=spec.external_uid, product_id=spec.product_id
+    )
+    for candidate in assets:
+        if candidate.get("external_uid") == spec.external_uid:
+            return _latest(_requests_for_asset(hook, candidate["id"], RequestType.PURCHASE.value))
+    return None
+
+
+def _settle_purchase(hook: ConnectHook, spec: PurchaseArgs, exc: ConnectAPIError) -> dict[str, Any] | None:
+    """Connect's 409 on a purchase as the purchase it names; another product's asset is an error."""
+    named = _named_request(hook, exc)
+    if named is None:
+        return None
+    their = named.get("asset") or {}
+    their_product = (their.get("product") or {}).get("id")
+    if their_product not in (None, spec.product_id):
+        raise ConnectConflictError(
+            f"Connect refused the purchase of {spec.asset_external_id!r}: asset {their.get('id')} of "
+            f"product {their_product} already has external_uid {spec.external_uid!r}; an "
+            f"external uid names one asset, so give this product's purchase another "
+            "asset_external_uid",
+            status=exc.status,
+            error_code=exc.error_code,
+            errors=exc.errors,
+            method=exc.method,
+            path=exc.path,
+            params=exc.params,
+        ) from exc
+    if named.get("type") == RequestType.PURCHASE.value:
+        return named
+    if their.get("id"):
+        return _latest(_requests_for_asset(hook, str(their["id"]), RequestType.PURCHASE.value)) or named
+    return named
 
 
 def _check_marketplace_serves_hub(mp: Mapping[str, Any], hub: str) -> None:
@@ -869,83 +690,38 @@ def _tier_payload(hook: ConnectHook, tier: dict[str, Any], hub_id: str) -> dict[
     return out
 
 
-def change(
-    hook: ConnectHook,
-    *,
-    asset_external_id: str | None = None,
-    asset_external_uid: str | None = None,
-    asset_id: str | None = None,
-    items: list[Mapping[str, Any]] | Mapping[str, Any] | None = None,
-    item_id: str | None = None,
-    quantity: int | str | None = None,
-    reuse_existing_request: bool = True,
-) -> ActionResult:
-    """Create (or find) a change request setting new quantities of the asset's items.
+def change(hook: ConnectHook, args: ChangeArgs | None = None, /, **arguments: Any) -> ActionResult:
+    """Create (or find) a change request setting new quantities; the arguments are :class:`ChangeArgs`.
 
     Items are named by global id (``PRD-XXX-XXX-XXX-XXXX``) or by the product-local id the asset
     knows them by (``SEATS``); a quantity is a whole number >= 0, or -1 for unlimited.
     """
-    ref = _asset_ref(asset_id, asset_external_id, asset_external_uid)
-    wanted = _change_items(items, item_id, quantity)
-    reuse = v.boolean("reuse_existing_request", reuse_existing_request)
-    field = "items" if items not in (None, "") else "item_id"
+    spec = _declared(ChangeArgs, args, arguments)
 
-    def payload(asset: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "type": RequestType.CHANGE.value,
-            "asset": {"id": asset["id"], "items": _items_for_asset(asset, wanted, field)},
-        }
+    def items(asset: dict[str, Any]) -> list[dict[str, Any]]:
+        return _items_for_asset(asset, spec.items, spec.items_field)
 
     return _asset_request(
         hook,
         request_type=RequestType.CHANGE.value,
-        ref=ref,
-        reuse=reuse,
-        build_payload=payload,
-        target_items=lambda asset: _items_for_asset(asset, wanted, field),
+        ref=spec,
+        build_payload=lambda asset: spec.connect_payload(asset, items(asset)),
+        target_items=items,
     )
 
 
 def suspend_resume(
-    hook: ConnectHook,
-    *,
-    request_type: str,
-    asset_external_id: str | None = None,
-    asset_external_uid: str | None = None,
-    asset_id: str | None = None,
-    reuse_existing_request: bool = True,
+    hook: ConnectHook, args: SuspendResumeArgs | None = None, /, **arguments: Any
 ) -> ActionResult:
     """Create (or find) a suspend or resume request (``request_type`` ``"suspend"``/``"resume"``)."""
-    kind = v.suspend_resume_type("request_type", request_type)
-    ref = _asset_ref(asset_id, asset_external_id, asset_external_uid)
-    reuse = v.boolean("reuse_existing_request", reuse_existing_request)
-    return _asset_request(
-        hook,
-        request_type=kind,
-        ref=ref,
-        reuse=reuse,
-        build_payload=lambda asset: {"type": kind, "asset": {"id": asset["id"]}},
-    )
+    spec = _declared(SuspendResumeArgs, args, arguments)
+    return _asset_request(hook, request_type=spec.request_type, ref=spec, build_payload=spec.connect_payload)
 
 
-def cancel(
-    hook: ConnectHook,
-    *,
-    asset_external_id: str | None = None,
-    asset_external_uid: str | None = None,
-    asset_id: str | None = None,
-    reuse_existing_request: bool = True,
-) -> ActionResult:
+def cancel(hook: ConnectHook, args: CancelArgs | None = None, /, **arguments: Any) -> ActionResult:
     """Create (or find) a cancel request, which terminates the asset once approved."""
-    ref = _asset_ref(asset_id, asset_external_id, asset_external_uid)
-    reuse = v.boolean("reuse_existing_request", reuse_existing_request)
-    return _asset_request(
-        hook,
-        request_type=RequestType.CANCEL.value,
-        ref=ref,
-        reuse=reuse,
-        build_payload=lambda asset: {"type": RequestType.CANCEL.value, "asset": {"id": asset["id"]}},
-    )
+    spec = _declared(CancelArgs, args, arguments)
+    return _asset_request(hook, request_type=spec.request_type, ref=spec, build_payload=spec.connect_payload)
 
 
 # --------------------------------------------------------------------------- vendor decisions
@@ -975,30 +751,21 @@ def _vendor_decision(
     return ActionResult.from_request(act(request), reused=False, asset=request.get("asset"))
 
 
-def approve(
-    hook: ConnectHook, *, request_id: str, template_id: str, effective_date: str | None = None
-) -> ActionResult:
-    """Approve a pending request with an activation template (vendor side)."""
-    rid = v.request_id("request_id", request_id)
-    tid = v.template_id("template_id", template_id)
-    date = v.optional_text("effective_date", effective_date)
+def approve(hook: ConnectHook, args: ApproveArgs | None = None, /, **arguments: Any) -> ActionResult:
+    """Approve a pending request with an activation template (vendor side; :class:`ApproveArgs`)."""
+    spec = _declared(ApproveArgs, args, arguments)
+    rid, tid, date = spec.request_id, spec.template_id, spec.effective_date
     return _vendor_decision(hook, "approve", rid, lambda _request: hook.approve_request(rid, tid, date))
 
 
-def fail(hook: ConnectHook, *, request_id: str, reason: str) -> ActionResult:
-    """Fail a pending or inquiring request with a reason the requester will read (vendor side)."""
-    rid = v.request_id("request_id", request_id)
-    why = v.require_text("reason", reason, "a non-empty reason")
+def fail(hook: ConnectHook, args: FailArgs | None = None, /, **arguments: Any) -> ActionResult:
+    """Fail a pending or inquiring request with a reason the requester will read (:class:`FailArgs`)."""
+    spec = _declared(FailArgs, args, arguments)
+    rid, why = spec.request_id, spec.reason
     return _vendor_decision(hook, "fail", rid, lambda _request: hook.fail_request(rid, why))
 
 
-def inquire(
-    hook: ConnectHook,
-    *,
-    request_id: str,
-    template_id: str | None = None,
-    param_errors: Mapping[str, str] | None = None,
-) -> ActionResult:
+def inquire(hook: ConnectHook, args: InquireArgs | None = None, /, **arguments: Any) -> ActionResult:
     """Move a pending request to inquiring, asking the requester for more information (vendor side).
 
     ``param_errors`` (``{param_id: message}``) says what to fix: as CloudBlue's own clients do, the
@@ -1008,9 +775,8 @@ def inquire(
     lib/connect/ops/fulfillment.js ``inquireRequest``; the legacy Python SDK's fulfillment
     automation). Parameter ids the request does not have are refused before any write.
     """
-    rid = v.request_id("request_id", request_id)
-    tid = v.template_id("template_id", template_id) if template_id not in (None, "") else None
-    errors = v.param_errors("param_errors", param_errors)
+    spec = _declared(InquireArgs, args, arguments)
+    rid, tid, errors = spec.request_id, spec.template_id, spec.param_errors
 
     def write_errors(request: Mapping[str, Any]) -> None:
         if not errors:
@@ -1031,3 +797,14 @@ def inquire(
 
     # Already inquiring (a retry, or the vendor's own inquiry): the errors are written all the same.
     return _vendor_decision(hook, "inquire", rid, act, when_already=write_errors)
+
+
+_RUNNERS: dict[type[ActionArgs], Callable[[ConnectHook, Any], ActionResult]] = {
+    PurchaseArgs: purchase,
+    ChangeArgs: change,
+    SuspendResumeArgs: suspend_resume,
+    CancelArgs: cancel,
+    ApproveArgs: approve,
+    FailArgs: fail,
+    InquireArgs: inquire,
+}

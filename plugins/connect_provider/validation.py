@@ -518,6 +518,20 @@ def asset_identity(
     return None, ext, uid
 
 
+def positive_int(field: str, value: Any) -> int:
+    """A whole number above zero: an int or its text (an environment variable, a DAG param).
+
+    Booleans and fractions are refused (``True`` is not a batch size, ``2.5`` rows cannot be claimed).
+    """
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        number = 0
+    if number <= 0 or (isinstance(value, float) and value != number) or isinstance(value, bool):
+        raise _fail(field, f"must be a positive whole number, got {value!r}")
+    return number
+
+
 def boolean(field: str, value: Any) -> bool:
     if isinstance(value, bool):
         return value

@@ -21,10 +21,12 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import pytest
-from connect_provider import actions, changes
+from connect_project.demo import seed_demo_changes
+from connect_provider import actions
 from connect_provider.exceptions import ConnectAPIError
 from connect_provider.hooks.connect import ConnectHook
-from connect_provider.outbox import Outbox, seed_demo_changes
+from connect_provider.outbox import Outbox, processing
+from connect_provider.outbox.follow import follow_open_requests
 from connect_provider.usage.exporter import export_usage_file, list_usage_files
 from connect_sandbox import rql as sandbox_rql
 from connect_sandbox.filter_table import FILTERS
@@ -41,8 +43,8 @@ def _pipeline(hook: ConnectHook, tmp_path: Path) -> None:
         ids = seed_demo_changes(box)
         claimed = box.claim("run-1", 100)
         assert claimed == ids
-        changes.submit_chunk(box, hook, "run-1", claimed, retry_delays=())
-        report = changes.follow_open_requests(box, hook)
+        processing.submit_chunk(box, hook, "run-1", claimed, retry_delays=())
+        report = follow_open_requests(box, hook)
         assert report.checked > 0
     finally:
         box.close()

@@ -237,7 +237,8 @@ def test_the_ddl_can_be_applied_again(outbox: Outbox) -> None:
 
 def test_a_missing_table_is_reported_with_the_ddl_to_run(tmp_path: Path) -> None:
     box = Outbox.sqlite(tmp_path / "empty.sqlite")
-    with pytest.raises(OutboxError, match=r"include/sql/sqlite/connect_subscription_changes\.sql"):
+    ddl_file = r"connect_provider/outbox/sql/sqlite/connect_subscription_changes\.sql"
+    with pytest.raises(OutboxError, match=ddl_file):
         box.require_table()
     box.close()
 
@@ -246,7 +247,8 @@ def test_a_missing_table_is_reported_with_the_ddl_to_run(tmp_path: Path) -> None
 def test_a_missing_postgres_table_is_reported_with_the_ddl_to_run(pg_database: dict) -> None:
     with Outbox.postgres(**pg_database) as box:
         box.execute_script(f"DROP TABLE IF EXISTS {TABLE}")
-        with pytest.raises(OutboxError, match=r"include/sql/postgres/connect_subscription_changes\.sql"):
+        ddl_file = r"connect_provider/outbox/sql/postgres/connect_subscription_changes\.sql"
+        with pytest.raises(OutboxError, match=ddl_file):
             box.require_table()
         box.create_schema()
         box.require_table()

@@ -13,7 +13,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from connect_provider import actions, changes
+from connect_provider import actions, forms
 from connect_provider.actions import ConnectRequestFailedError
 from connect_provider.exceptions import ConnectConflictError, ConnectValidationError
 from connect_provider.hooks.connect import ConnectHook
@@ -26,7 +26,7 @@ from connect_provider.operators.requests import (
     ConnectPurchaseRequestOperator,
     ConnectSuspendResumeRequestOperator,
 )
-from connect_provider.outbox import Outbox
+from connect_provider.outbox import Outbox, processing
 from connect_provider.sensors.requests import ConnectRequestSensor
 
 PRODUCT = "PRD-276-377-545"
@@ -175,10 +175,10 @@ class TestConnectsConflictAnswers:
 
 
 class TestTheOutboxAndConnectsConflicts:
-    def run_chunk(self, outbox: Outbox, hook: ConnectHook, run=None) -> changes.ChunkReport:
+    def run_chunk(self, outbox: Outbox, hook: ConnectHook, run=None) -> processing.ChunkReport:
         token = f"test/{uuid.uuid4().hex}"
         ids = outbox.claim(token, 100)
-        return changes.submit_chunk(outbox, hook, token, ids, run=run, retry_delays=())
+        return processing.submit_chunk(outbox, hook, token, ids, run=run, retry_delays=())
 
     def test_a_409_naming_the_rows_request_is_recorded_never_rejected(self, sandbox, hook, outbox) -> None:
         first = actions.purchase(hook, **purchase_args("o-dup"))
@@ -487,7 +487,7 @@ class TestIdsRenderedFromUnsetValues:
             **{f"customer_{k}": v for k, v in FORM_TIER.items()},
         }
         with pytest.raises(ConnectValidationError) as err:
-            changes.run_form_action({**defaults, **form})
+            forms.run_form_action({**defaults, **form})
         assert err.value.field == field
         assert stats(sandbox)["calls"] == 0
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import duckdb
 import pytest
+from connect_project import usage_pipeline as pipeline
 from connect_provider.config import API_POOL
-from connect_provider.usage import pipeline
 from connect_provider.usage.manifest import read_all
 from connect_provider.usage.writer import DatasetLayout
 

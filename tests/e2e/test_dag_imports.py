@@ -34,9 +34,13 @@ try:
 except ImportError:
     pass
 
-from airflow.dag_processing.dagbag import DagBag
+from pathlib import Path
 
-bag = DagBag(dag_folder=sys.argv[1])
+from airflow.dag_processing.dagbag import BundleDagBag
+
+# As the DAG processor parses a bundle: the DAG folder on sys.path, so the DAG files import the
+# project's glue beside them (dags/connect_project).
+bag = BundleDagBag(dag_folder=sys.argv[1], bundle_path=Path(sys.argv[1]))
 print(json.dumps({"errors": {k: str(v) for k, v in bag.import_errors.items()},
                   "dags": sorted(bag.dag_ids), "calls": calls}))
 """

@@ -10,9 +10,9 @@ import threading
 from datetime import datetime, timezone
 
 import pytest
-from connect_provider import changes
+from connect_project.demo import seed_demo_changes
 from connect_provider.hooks.connect import ConnectHook
-from connect_provider.outbox import TABLE, seed_demo_changes
+from connect_provider.outbox import TABLE, processing
 
 pytestmark = pytest.mark.e2e
 
@@ -101,7 +101,7 @@ def test_rerunning_the_same_run_creates_no_new_request(sandbox, dags, changes_db
 
     # As if the run had died after creating the requests and before writing them back: the rows
     # are pending again, still claimed by that run.
-    token = changes.run_token(DAG_ID, first.run_id)
+    token = processing.run_token(DAG_ID, first.run_id)
     outbox.execute_script(
         f"UPDATE {TABLE} SET status = 'pending', connect_request_id = NULL, claim_token = '{token}', "
         "claimed_at = CURRENT_TIMESTAMP WHERE connect_request_id IS NOT NULL"
@@ -127,9 +127,9 @@ def test_two_concurrent_runs_over_one_outbox_create_each_request_once(sandbox, c
     def run(run_id: str) -> None:
         # The DAG's claim -> chunk -> submit_chunk steps, as two runs would execute them.
         barrier.wait()
-        claim = changes.claim_changes(changes.run_token(DAG_ID, run_id), batch_size=40)
+        claim = processing.claim_changes(processing.run_token(DAG_ID, run_id), batch_size=40)
         claimed[run_id] = claim["ids"]
-        reports[run_id] = [changes.submit_claimed_chunk(c) for c in changes.chunk_claim(claim, 7)]
+        reports[run_id] = [processing.submit_claimed_chunk(c) for c in processing.chunk_claim(claim, 7)]
 
     threads = [threading.Thread(target=run, args=(f"manual__run-{n}",)) for n in (1, 2)]
     for thread in threads:
@@ -157,7 +157,7 @@ def test_a_run_with_nothing_pending_still_follows_earlier_submissions(sandbox, d
     outbox = changes_db()
     seed_demo_changes(outbox)
     claimed = outbox.claim("an-earlier-run", 100)
-    changes.submit_chunk(outbox, ConnectHook(), "an-earlier-run", claimed, retry_delays=())
+    processing.submit_chunk(outbox, ConnectHook(), "an-earlier-run", claimed, retry_delays=())
     assert outbox.counts()["submitted"] == 7
     created = sandbox.admin("GET", "stats")["requests_created"]
 

@@ -19,14 +19,14 @@ from typing import Any
 
 import pytest
 from airflow.sdk.exceptions import TaskDeferred
-from connect_provider import changes
 from connect_provider.exceptions import ConnectAuthError, ConnectError
 from connect_provider.hooks.connect import ConnectHook
 from connect_provider.operators.requests import (
     ConnectApproveRequestOperator,
     ConnectCancelRequestOperator,
 )
-from connect_provider.outbox import Outbox
+from connect_provider.outbox import Outbox, processing
+from connect_provider.outbox.follow import follow_open_requests
 from connect_provider.sensors.requests import ConnectRequestSensor
 from connect_provider.triggers.requests import ConnectRequestTrigger
 from connect_provider.usage.exporter import export_usage_file
@@ -187,7 +187,7 @@ class TestOutbox:
         assert claimed == ids
         raised: list[str] = []
         try:
-            report = changes.submit_chunk(outbox, ConnectHook(), "run-1", claimed, retry_delays=())
+            report = processing.submit_chunk(outbox, ConnectHook(), "run-1", claimed, retry_delays=())
         except ConnectAuthError as error:  # a refused key stops the chunk and releases its rows
             raised.append(scanner.exception_text(error))
         else:
@@ -204,7 +204,7 @@ class TestOutbox:
         echo.mode = mode
         raised: list[str] = []
         try:
-            changes.follow_open_requests(outbox, ConnectHook())
+            follow_open_requests(outbox, ConnectHook())
         except ConnectError as error:  # the server or the key is at fault: the pass stops
             raised.append(scanner.exception_text(error))
         else:  # the one row's look-up was refused: that row carries the reason, the pass goes on

@@ -4,7 +4,8 @@ They are thin: the request logic (validation, look-ups, idempotent find-or-creat
 :mod:`connect_provider.actions`, shared with the outbox DAG. An operator adds what Airflow users
 expect around it:
 
-* keyword-only, templated identity and quantity arguments (``template_fields``);
+* keyword-only, templated arguments, declared once per action in :mod:`connect_provider.arguments`
+  (the keywords, ``template_fields`` and ``:param:`` docs come from there);
 * a connection id (``connect_conn_id``, default ``cloudblue_connect_default``) and a cached hook;
 * ``reuse_existing_request`` (default on): a retry finds the request an earlier attempt created;
 * ``wait_for_completion`` (default off): follow the request until ``approved`` (success),
@@ -20,16 +21,27 @@ request id, when there is one), so ``op.execute({})`` works as well as a DAG run
 
 from __future__ import annotations
 
+import inspect
 import time
-from collections.abc import Sequence
+from collections.abc import Callable
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from airflow.sdk import BaseOperator, BaseOperatorLink
 from airflow.sdk.configuration import conf
 
 from connect_provider import actions
 from connect_provider.actions import ActionResult, ConnectRequestFailedError
+from connect_provider.arguments import (
+    ActionArgs,
+    ApproveArgs,
+    CancelArgs,
+    ChangeArgs,
+    FailArgs,
+    InquireArgs,
+    PurchaseArgs,
+    SuspendResumeArgs,
+)
 from connect_provider.config import DEFAULT_CONN_ID
 from connect_provider.enums import RequestStatus
 from connect_provider.exceptions import ConnectError
@@ -47,8 +59,6 @@ CONNECT_PORTAL_URL = "https://portal.connect.cloudblue.com"
 #: XCom key under which an operator records the request its extra link points to.
 REQUEST_ID_XCOM_KEY = "connect_request_id"
 
-#: The three ways to name an existing asset: ``asset_id``, or its external id (and/or uid).
-ASSET_TEMPLATE_FIELDS: tuple[str, ...] = ("asset_id", "asset_external_id", "asset_external_uid")
 SUCCESS_STATUSES: tuple[str, ...] = (RequestStatus.APPROVED.value,)
 FAILURE_STATUSES: tuple[str, ...] = (RequestStatus.FAILED.value, RequestStatus.REVOKED.value)
 
@@ -120,13 +130,66 @@ class _ConnectOperator(BaseOperator):
         return ConnectHook(self.connect_conn_id)
 
 
-class _ConnectAssetRequestOperator(_ConnectOperator):
+class _ConnectActionOperator(_ConnectOperator):
+    """An operator over one action: its keywords, ``template_fields`` and docs come from a declaration.
+
+    A subclass names its declaration (``arguments = PurchaseArgs``, :mod:`connect_provider.arguments`);
+    its ``__init__`` is then made from it, keyword-only, with the declaration's required arguments
+    required (so Airflow's ``default_args`` fill them as for any operator) and every argument kept
+    as an attribute of the same name (``asset_params`` for the argument ``params``); its
+    ``template_fields`` are the arguments declared templated; its docstring gets their
+    ``:param:`` lines.
+    """
+
+    arguments: ClassVar[type[ActionArgs]]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        declaration = cls.__dict__.get("arguments")
+        if declaration is None:
+            return
+        cls.template_fields = declaration.template_fields()
+        cls.__doc__ = f"{inspect.cleandoc(cls.__doc__ or '')}\n\n{declaration.param_docs()}"
+        cls.__init__ = _declared_init(cls, declaration)  # type: ignore[method-assign]
+
+    def action_arguments(self) -> ActionArgs:
+        """The declaration filled from this operator's (rendered) attributes."""
+        declaration = type(self).arguments
+        return declaration(**{f.name: getattr(self, declaration.keyword(f)) for f in declaration.declared()})
+
+    def run_action(self) -> ActionResult:
+        """Run the operator's action with its arguments (validated there, before any call)."""
+        return actions.run(self.hook, self.action_arguments())
+
+
+def _declared_init(cls: type[_ConnectActionOperator], declaration: type[ActionArgs]) -> Callable[..., None]:
+    """An ``__init__`` taking the declaration's arguments as keywords, the rest for the base class."""
+    fields = declaration.declared()
+
+    def __init__(self: _ConnectActionOperator, **kwargs: Any) -> None:
+        values = {declaration.keyword(f): kwargs.pop(declaration.keyword(f), f.default) for f in fields}
+        super(cls, self).__init__(**kwargs)
+        for name, value in values.items():
+            setattr(self, name, value)
+
+    parameters = [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    for f in fields:
+        default = inspect.Parameter.empty if f.metadata["required"] else f.default
+        parameters.append(
+            inspect.Parameter(declaration.keyword(f), inspect.Parameter.KEYWORD_ONLY, default=default)
+        )
+    parameters.append(inspect.Parameter("kwargs", inspect.Parameter.VAR_KEYWORD))
+    __init__.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+    __init__.__qualname__ = f"{cls.__qualname__}.__init__"
+    return __init__
+
+
+class _ConnectAssetRequestOperator(_ConnectActionOperator):
     """Create-or-reuse, then optionally follow, one asset request."""
 
     def __init__(
         self,
         *,
-        reuse_existing_request: bool = True,
         wait_for_completion: bool = False,
         poll_interval: float = 10.0,
         timeout: float = 60 * 60 * 24,
@@ -139,15 +202,11 @@ class _ConnectAssetRequestOperator(_ConnectOperator):
             raise ValueError(f"poll_interval must be positive, got {poll_interval!r}")
         if timeout <= 0:
             raise ValueError(f"timeout must be positive, got {timeout!r}")
-        self.reuse_existing_request = reuse_existing_request
         self.wait_for_completion = wait_for_completion
         self.poll_interval = poll_interval
         self.timeout = timeout
         self.deferrable = deferrable
         self.fail_on_inquiring = fail_on_inquiring
-
-    def run_action(self) -> ActionResult:  # pragma: no cover - every subclass defines it
-        raise NotImplementedError
 
     def execute(self, context: Context) -> dict[str, Any]:
         result = self.run_action()
@@ -237,226 +296,34 @@ class _ConnectAssetRequestOperator(_ConnectOperator):
 
 
 class ConnectPurchaseRequestOperator(_ConnectAssetRequestOperator):
-    """Create the purchase request of a new asset (subscription), or find the one a retry made.
+    """Create the purchase request of a new asset (subscription), or find the one a retry made."""
 
-    :param asset_external_id: the asset's id in your system (templated).
-    :param hub_id: the hub ``HB-XXXX-XXXX`` that, with the product, selects the connection and in
-        which tier accounts are looked up (templated).
-    :param marketplace: marketplace id ``MP-...`` or name (templated); required, as Connect requires
-        ``marketplace.id``.
-    :param tier1: the reseller tier: ``{name, external_id, external_uid?, tax_id?, contact_info{
-        address_line1, address_line2?, city, state?, postal_code, country, contact{first_name,
-        last_name, email, phone_number}}}`` (templated).
-    :param items: ``[{"item_id": "PRD-XXX-XXX-XXX-XXXX", "quantity": 5}]`` (templated); or give
-        ``item_id`` and ``quantity`` for a single item.
-    :param customer: the end customer's tier account, same shape as ``tier1`` (templated); Connect
-        needs it, so a purchase without it is refused before any call.
-    :param tier2: the second-level reseller, same shape as ``tier1``, when there is one (templated).
-    :param product_id: the product; by default the items' product (templated).
-    :param asset_external_uid: default: a UUID derived from the product and ``asset_external_id``
-        (templated).
-    :param asset_params: ordering parameters ``{param_id: value}`` (templated); a dict value goes as
-        the parameter's ``structured_value``. Not ``params``: Airflow takes an operator's ``params``
-        argument as its own run parameters (``Param``).
-
-    Ids that render to ``"None"``/``"null"`` (a template of an unset value) are refused before any
-    call, naming the argument.
-    :param connection_type: ``production`` (default), ``test`` or ``preview``.
-    :param connection_id: the connection ``CT-...`` to use, when the product has several of that
-        type on the hub (templated); by default the one connection found.
-    """
-
-    template_fields: Sequence[str] = (
-        "asset_external_id",
-        "asset_external_uid",
-        "hub_id",
-        "marketplace",
-        "tier1",
-        "customer",
-        "tier2",
-        "items",
-        "item_id",
-        "quantity",
-        "product_id",
-        "asset_params",
-        "connection_type",
-        "connection_id",
-    )
-
-    def __init__(
-        self,
-        *,
-        asset_external_id: str,
-        hub_id: str,
-        marketplace: str,
-        tier1: dict[str, Any],
-        items: list[dict[str, Any]] | dict[str, Any] | None = None,
-        item_id: str | None = None,
-        quantity: int | str | None = None,
-        customer: dict[str, Any] | None = None,
-        product_id: str | None = None,
-        asset_external_uid: str | None = None,
-        asset_params: dict[str, Any] | None = None,
-        connection_type: str = "production",
-        connection_id: str | None = None,
-        tier2: dict[str, Any] | None = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(**kwargs)
-        self.asset_external_id = asset_external_id
-        self.hub_id = hub_id
-        self.marketplace = marketplace
-        self.tier1 = tier1
-        self.items = items
-        self.item_id = item_id
-        self.quantity = quantity
-        self.customer = customer
-        self.product_id = product_id
-        self.asset_external_uid = asset_external_uid
-        self.asset_params = asset_params
-        self.connection_type = connection_type
-        self.connection_id = connection_id
-        self.tier2 = tier2
-
-    def run_action(self) -> ActionResult:
-        return actions.purchase(
-            self.hook,
-            asset_external_id=self.asset_external_id,
-            hub_id=self.hub_id,
-            marketplace=self.marketplace,
-            tier1=self.tier1,
-            items=self.items,
-            item_id=self.item_id,
-            quantity=self.quantity,
-            customer=self.customer,
-            product_id=self.product_id,
-            asset_external_uid=self.asset_external_uid,
-            params=self.asset_params,
-            connection_type=self.connection_type,
-            connection_id=self.connection_id,
-            tier2=self.tier2,
-            reuse_existing_request=self.reuse_existing_request,
-        )
+    arguments = PurchaseArgs
 
 
 class ConnectChangeRequestOperator(_ConnectAssetRequestOperator):
-    """Create (or find) a change request setting new item quantities of an asset.
+    """Create (or find) a change request setting new item quantities of an asset."""
 
-    :param asset_id: the asset ``AS-...``; or name it by ``asset_external_id`` (and
-        ``asset_external_uid``) instead (templated).
-    :param items: ``[{"item_id": "SEATS" or "PRD-...-0001", "quantity": 12}]`` (templated); or give
-        ``item_id`` and ``quantity`` for one item. A quantity is a whole number >= 0, or -1 for
-        unlimited.
-    """
-
-    template_fields: Sequence[str] = (*ASSET_TEMPLATE_FIELDS, "items", "item_id", "quantity")
-
-    def __init__(
-        self,
-        *,
-        asset_external_id: str | None = None,
-        asset_external_uid: str | None = None,
-        asset_id: str | None = None,
-        items: list[dict[str, Any]] | dict[str, Any] | None = None,
-        item_id: str | None = None,
-        quantity: int | str | None = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(**kwargs)
-        self.asset_external_id = asset_external_id
-        self.asset_external_uid = asset_external_uid
-        self.asset_id = asset_id
-        self.items = items
-        self.item_id = item_id
-        self.quantity = quantity
-
-    def run_action(self) -> ActionResult:
-        return actions.change(
-            self.hook,
-            asset_external_id=self.asset_external_id,
-            asset_external_uid=self.asset_external_uid,
-            asset_id=self.asset_id,
-            items=self.items,
-            item_id=self.item_id,
-            quantity=self.quantity,
-            reuse_existing_request=self.reuse_existing_request,
-        )
+    arguments = ChangeArgs
 
 
 class ConnectSuspendResumeRequestOperator(_ConnectAssetRequestOperator):
-    """Create (or find) a suspend or resume request of an asset.
+    """Create (or find) a suspend or resume request of an asset."""
 
-    :param request_type: ``"suspend"`` or ``"resume"`` (templated).
-    :param asset_id: the asset ``AS-...``; or ``asset_external_id``/``asset_external_uid`` (templated).
-    """
-
-    template_fields: Sequence[str] = ("request_type", *ASSET_TEMPLATE_FIELDS)
-
-    def __init__(
-        self,
-        *,
-        request_type: str,
-        asset_external_id: str | None = None,
-        asset_external_uid: str | None = None,
-        asset_id: str | None = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(**kwargs)
-        self.request_type = request_type
-        self.asset_external_id = asset_external_id
-        self.asset_external_uid = asset_external_uid
-        self.asset_id = asset_id
-
-    def run_action(self) -> ActionResult:
-        return actions.suspend_resume(
-            self.hook,
-            request_type=self.request_type,
-            asset_external_id=self.asset_external_id,
-            asset_external_uid=self.asset_external_uid,
-            asset_id=self.asset_id,
-            reuse_existing_request=self.reuse_existing_request,
-        )
+    arguments = SuspendResumeArgs
 
 
 class ConnectCancelRequestOperator(_ConnectAssetRequestOperator):
-    """Create (or find) a cancel request, which terminates the asset once approved.
+    """Create (or find) a cancel request, which terminates the asset once approved."""
 
-    :param asset_id: the asset ``AS-...``; or ``asset_external_id``/``asset_external_uid`` (templated).
-    """
-
-    template_fields: Sequence[str] = ASSET_TEMPLATE_FIELDS
-
-    def __init__(
-        self,
-        *,
-        asset_external_id: str | None = None,
-        asset_external_uid: str | None = None,
-        asset_id: str | None = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(**kwargs)
-        self.asset_external_id = asset_external_id
-        self.asset_external_uid = asset_external_uid
-        self.asset_id = asset_id
-
-    def run_action(self) -> ActionResult:
-        return actions.cancel(
-            self.hook,
-            asset_external_id=self.asset_external_id,
-            asset_external_uid=self.asset_external_uid,
-            asset_id=self.asset_id,
-            reuse_existing_request=self.reuse_existing_request,
-        )
+    arguments = CancelArgs
 
 
-class _ConnectVendorDecisionOperator(_ConnectOperator):
+class _ConnectVendorDecisionOperator(_ConnectActionOperator):
     """A vendor's decision on a request: checked against its status, idempotent on retry."""
 
-    def decide(self) -> ActionResult:  # pragma: no cover - every subclass defines it
-        raise NotImplementedError
-
     def execute(self, context: Context) -> dict[str, Any]:
-        result = self.decide()
+        result = self.run_action()
         _remember_request(context, result.request_id)
         self.log.info(
             "Request %s is %s%s; portal: %s",
@@ -469,78 +336,18 @@ class _ConnectVendorDecisionOperator(_ConnectOperator):
 
 
 class ConnectApproveRequestOperator(_ConnectVendorDecisionOperator):
-    """Approve a pending request with an activation template (vendor side).
+    """Approve a pending request with an activation template (vendor side)."""
 
-    :param request_id: the request ``PR-...`` (templated); must be pending (approved: no-op).
-    :param template_id: the activation template ``TL-...`` (templated).
-    :param effective_date: optional ISO date-time the approval takes effect (templated).
-    """
-
-    template_fields: Sequence[str] = ("request_id", "template_id", "effective_date")
-
-    def __init__(
-        self, *, request_id: str, template_id: str, effective_date: str | None = None, **kwargs: Any
-    ) -> None:
-        super().__init__(**kwargs)
-        self.request_id = request_id
-        self.template_id = template_id
-        self.effective_date = effective_date
-
-    def decide(self) -> ActionResult:
-        return actions.approve(
-            self.hook,
-            request_id=self.request_id,
-            template_id=self.template_id,
-            effective_date=self.effective_date,
-        )
+    arguments = ApproveArgs
 
 
 class ConnectFailRequestOperator(_ConnectVendorDecisionOperator):
-    """Fail a pending or inquiring request, with the reason the requester will read (vendor side).
+    """Fail a pending or inquiring request, with the reason the requester will read (vendor side)."""
 
-    :param request_id: the request ``PR-...`` (templated).
-    :param reason: why it is refused (templated).
-    """
-
-    template_fields: Sequence[str] = ("request_id", "reason")
-
-    def __init__(self, *, request_id: str, reason: str, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.request_id = request_id
-        self.reason = reason
-
-    def decide(self) -> ActionResult:
-        return actions.fail(self.hook, request_id=self.request_id, reason=self.reason)
+    arguments = FailArgs
 
 
 class ConnectInquireRequestOperator(_ConnectVendorDecisionOperator):
-    """Ask the requester for more information: a pending request moves to inquiring (vendor side).
+    """Ask the requester for more information: a pending request moves to inquiring (vendor side)."""
 
-    :param request_id: the request ``PR-...`` (templated).
-    :param template_id: optional inquire template ``TL-...`` (templated).
-    :param param_errors: ``{param_id: message}``, what the requester must fix (templated): written
-        to those parameters' ``value_error`` before the request is inquired, as CloudBlue's SDKs do.
-    """
-
-    template_fields: Sequence[str] = ("request_id", "template_id", "param_errors")
-
-    def __init__(
-        self,
-        *,
-        request_id: str,
-        template_id: str | None = None,
-        param_errors: dict[str, str] | None = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(**kwargs)
-        self.request_id = request_id
-        self.template_id = template_id
-        self.param_errors = param_errors
-
-    def decide(self) -> ActionResult:
-        return actions.inquire(
-            self.hook,
-            request_id=self.request_id,
-            template_id=self.template_id,
-            param_errors=self.param_errors,
-        )
+    arguments = InquireArgs

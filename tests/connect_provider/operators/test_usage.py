@@ -140,8 +140,8 @@ class TestTheDestinationIsCheckedBeforeAnyCall:
         assert existing.read_bytes() == b"PAR1"
 
     def test_the_export_dag_plan_refuses_it_before_listing_usage_files(self, sandbox) -> None:
+        from connect_project import usage_pipeline as pipeline
         from connect_provider.hooks.connect import ConnectHook
-        from connect_provider.usage import pipeline
 
         with pytest.raises(ConnectValidationError, match=r"^destination: 's3://lake/u'"):
             pipeline.plan_exports(ConnectHook(), destination="s3://lake/u")

@@ -1,4 +1,4 @@
-"""The logic behind the usage DAGs, without a DAG run."""
+"""The glue of the usage DAGs (connect_project.usage_pipeline), without a DAG run."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from connect_project import usage_pipeline as pipeline
 from connect_provider.exceptions import ConnectNotFoundError, ConnectValidationError
 from connect_provider.hooks.connect import ConnectHook
-from connect_provider.usage import pipeline
 from connect_provider.usage.exporter import export_usage_file, list_usage_files
 
 

@@ -1,5 +1,11 @@
 """Load exported usage Parquet into a table the data team queries: DuckDB by default, or PostgreSQL.
 
+This project's downstream step, not the provider's: the provider's job ends with a published,
+typed Parquet dataset and its manifest, which any reader takes (DuckDB, Spark, pandas, a
+warehouse loader); which database the data team queries, and its table, are this project's
+choice. So this module, DuckDB (the ``duckdb`` extra) and the PostgreSQL loading live beside the
+DAGs.
+
 What to load comes from the manifest (``<dest>/_manifest/*.json``): a usage file is loaded when
 the target has not loaded that export yet (its ``version`` and ``exported_at`` differ from the
 target's bookkeeping table ``usage_record_loads``). Loading one file is one transaction: delete
@@ -26,7 +32,6 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-
 from connect_provider.config import data_dir
 from connect_provider.exceptions import ConnectValidationError
 from connect_provider.usage.manifest import ManifestEntry, read_all

@@ -1,8 +1,10 @@
-"""The subscription-changes outbox: the table a target application fills and the DAG drains.
+"""The outbox table: its DDL, DB-API access, claims, per-attempt holds and write-backs.
 
 The target application INSERTs one row per subscription change into ``connect_subscription_changes``
-(status ``pending``). The pipeline claims pending rows, creates the Connect requests, writes back the
-request id and status, then follows the requests until Connect decides them.
+(status ``pending``). The pipeline (:mod:`connect_provider.outbox.processing` and
+:mod:`connect_provider.outbox.follow`) claims pending rows, creates the Connect requests, writes
+back the request id and status, then follows the requests until Connect decides them; every read
+and write of the table is a method of :class:`Outbox`, here.
 
 Why claims are columns and not a status: the status vocabulary belongs to the application
 (``pending``, ``submitted``, ``approved``, ``failed``, ``inquiring``, ``rejected``). A claim is a
@@ -48,15 +50,20 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
+from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from connect_provider.config import CHANGES_DB_CONN_ID, data_dir
 from connect_provider.exceptions import ConnectError
 
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
+
 log = logging.getLogger(__name__)
 
 TABLE = "connect_subscription_changes"
+DIALECTS = ("sqlite", "postgres")
 DEFAULT_SQLITE_FILENAME = "connect_changes.sqlite"
 #: Seconds after which a claim that was never written back may be taken by another run.
 DEFAULT_LEASE_SECONDS = 3600
@@ -155,25 +162,26 @@ class Outcome:
     error: str | None = None
 
 
-def sql_dir() -> Path:
-    """Where the DDL files live: ``$CONNECT_SQL_DIR``, else ``include/sql`` of this checkout.
+#: Where the DDL ships inside the package: ``connect_provider/outbox/sql/<dialect>/<table>.sql``.
+DDL_PACKAGE = "connect_provider.outbox"
+
+
+def ddl_resource(dialect: str) -> Traversable:
+    """The DDL file of the table for ``dialect`` (``sqlite`` or ``postgres``), as package data.
 
     The DDL is the application's contract, kept once as plain SQL files that a DBA can run; the
-    code reads the same files instead of repeating them.
+    code reads the same files instead of repeating them. They ship inside the package (read with
+    :mod:`importlib.resources`), so an installed wheel creates its own table, from any working
+    directory, with no checkout around it.
     """
-    explicit = os.environ.get("CONNECT_SQL_DIR")
-    candidates = [Path(explicit)] if explicit else []
-    candidates.append(Path(__file__).resolve().parents[2] / "include" / "sql")
-    airflow_home = os.environ.get("AIRFLOW_HOME")
-    if airflow_home:
-        candidates.append(Path(airflow_home) / "include" / "sql")
-    for candidate in candidates:
-        if (candidate / "sqlite" / f"{TABLE}.sql").is_file():
-            return candidate
-    raise OutboxError(
-        f"The outbox DDL ({TABLE}.sql) was not found in {[str(c) for c in candidates]}: "
-        "set CONNECT_SQL_DIR to the project's include/sql folder."
-    )
+    if dialect not in DIALECTS:
+        raise OutboxError(f"Unsupported outbox dialect {dialect!r}: use 'sqlite' or 'postgres'.")
+    return resources.files(DDL_PACKAGE) / "sql" / dialect / f"{TABLE}.sql"
+
+
+def ddl(dialect: str) -> str:
+    """The DDL script of the table for ``dialect`` (idempotent: ``IF NOT EXISTS``)."""
+    return ddl_resource(dialect).read_text(encoding="utf-8")
 
 
 def _split_statements(script: str) -> list[str]:
@@ -208,7 +216,7 @@ class Outbox:
     """
 
     def __init__(self, dialect: str, connect: Callable[[], Any], *, description: str = "") -> None:
-        if dialect not in ("sqlite", "postgres"):
+        if dialect not in DIALECTS:
             raise OutboxError(f"Unsupported outbox dialect {dialect!r}: use 'sqlite' or 'postgres'.")
         self.dialect = dialect
         self.description = description or dialect
@@ -369,9 +377,8 @@ class Outbox:
     # -- schema and inserts (used by the demo, tests and applications) --------------------------
 
     def create_schema(self) -> None:
-        """Create the table and indexes from ``include/sql/<dialect>/`` (idempotent)."""
-        script = (sql_dir() / self.dialect / f"{TABLE}.sql").read_text()
-        self.execute_script(script)
+        """Create the table and indexes from the DDL shipped with the package (idempotent)."""
+        self.execute_script(ddl(self.dialect))
 
     def execute_script(self, script: str) -> None:
         """Run a ``;``-separated SQL script in one transaction (DDL or demo INSERTs)."""
@@ -393,7 +400,8 @@ class Outbox:
         if not self.table_exists():
             raise OutboxError(
                 f"Table {TABLE} does not exist in {self.description}: create it with "
-                f"include/sql/{self.dialect}/{TABLE}.sql (or Outbox.create_schema())."
+                f"{ddl_resource(self.dialect)} (print it with `python -m connect_provider.outbox "
+                f"{self.dialect}`), or Outbox.create_schema()."
             )
 
     def add(
@@ -685,14 +693,3 @@ def _batches(values: Sequence[int], size: int) -> Iterator[list[int]]:
     values = [int(v) for v in values]
     for start in range(0, len(values), size):
         yield values[start : start + size]
-
-
-def seed_demo_changes(outbox: Outbox) -> list[int]:
-    """Create the table if needed and add the demo rows of ``include/sql/demo_changes.sql``.
-
-    Returns the ids of the rows added (the demo and the tests run them against the sandbox).
-    """
-    outbox.create_schema()
-    before = {row.id for row in outbox.all()}
-    outbox.execute_script((sql_dir() / "demo_changes.sql").read_text())
-    return [row.id for row in outbox.all() if row.id not in before]

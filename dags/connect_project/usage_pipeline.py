@@ -1,4 +1,9 @@
-"""The logic behind the usage DAGs, kept out of the DAG files so it is unit-tested without a DAG run.
+"""The glue of this project's usage DAGs: Variables, the Asset, what to export, what to load.
+
+Kept out of the DAG files so it is unit-tested without a DAG run, and out of the provider because
+it is this project's choice of settings (Airflow Variables) and of downstream table
+(:mod:`connect_project.usage_load`); the export itself is the provider's
+(:mod:`connect_provider.usage.exporter`).
 
 ``connect_usage_to_parquet``: :func:`plan_exports` (which usage files to export, where) ->
 the mapped ``ConnectUsageRecordsToParquetOperator`` -> :func:`dataset_event` (the Asset event's
@@ -22,11 +27,11 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import Asset
-
 from connect_provider.usage.exporter import DEFAULT_STATUSES, list_usage_files, validate_statuses
-from connect_provider.usage.load import LoadSummary, load_exports, make_target
 from connect_provider.usage.manifest import select_for_export
 from connect_provider.usage.writer import DatasetLayout, check_destination, check_partition_value
+
+from connect_project.usage_load import LoadSummary, load_exports, make_target
 
 if TYPE_CHECKING:
     from connect_provider.hooks.connect import ConnectHook

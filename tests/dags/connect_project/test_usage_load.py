@@ -6,9 +6,9 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from connect_project.usage_load import DuckDBTarget, PostgresTarget, load_exports
 from connect_provider.exceptions import ConnectValidationError
 from connect_provider.usage.exporter import export_usage_pages
-from connect_provider.usage.load import DuckDBTarget, PostgresTarget, load_exports
 from usage_factory import FILE_ID, PRODUCT_ID, pages, record, usage_file
 
 
@@ -36,7 +36,7 @@ def test_exports_load_into_duckdb_and_a_reload_replaces_the_rows(dest: Path, tmp
 def test_a_failed_load_keeps_the_previous_rows(
     dest: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from connect_provider.usage import load
+    from connect_project import usage_load as load
 
     export_usage_pages(pages([record(i) for i in range(4)]), usage_file(), dest)
     target = DuckDBTarget(tmp_path / "usage.duckdb")
