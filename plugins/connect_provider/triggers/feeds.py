@@ -160,9 +160,9 @@ class Feed:
     key_field: str  # the RQL name of the key (created.at, updated)
     ordering: tuple[str, ...]
 
-    def __init__(self, hook: ConnectHook, *, page_size: int = POLL_PAGE_SIZE) -> None:
+    def __init__(self, hook: ConnectHook, *, page_size: int | None = None) -> None:
         self.hook = hook
-        self.page_size = page_size
+        self.page_size = page_size or POLL_PAGE_SIZE
 
     # ---------------------------------------------------------------- what a subclass defines
     def base_query(self) -> R:
@@ -262,7 +262,7 @@ class UsageFileFeed(Feed):
         *,
         product_id: str | None = None,
         marketplace_id: str | None = None,
-        page_size: int = POLL_PAGE_SIZE,
+        page_size: int | None = None,
     ) -> None:
         super().__init__(hook, page_size=page_size)
         self.product_id = product_id
@@ -332,7 +332,7 @@ class RequestFeed(Feed):
         types: Sequence[str] = (),
         product_id: str | None = None,
         marketplace_id: str | None = None,
-        page_size: int = POLL_PAGE_SIZE,
+        page_size: int | None = None,
     ) -> None:
         super().__init__(hook, page_size=page_size)
         self.types = tuple(types)
