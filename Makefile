@@ -33,7 +33,7 @@ $(STAMP): pyproject.toml $(LOCK)
 
 # Re-pin after changing dependencies in pyproject.toml.
 lock: install
-	$(BIN)/uv pip compile pyproject.toml --extra test --extra dev --extra postgres --extra sandbox --extra duckdb --extra bench \
+	$(BIN)/uv pip compile pyproject.toml --extra test --extra dev --extra postgres --extra sandbox --extra duckdb --extra lineage --extra bench \
 		--python-version 3.11 -o $(LOCK)
 
 # The distributed test (marker `distributed`) is left out here, whatever PYTEST_ARGS select: it runs

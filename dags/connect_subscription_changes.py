@@ -14,8 +14,15 @@ claim -> chunk -> submit_chunk (mapped over chunks, in the ``cloudblue_connect_a
   open stay ``submitted`` and the next run follows them. A row whose request cannot be found is
   marked ``failed`` after ``max_missing_checks`` checks in a row.
 
+With ``CONNECT_CHANGES_FOLLOW=events`` (read at parse time; default ``poll``) the run ends after
+``submit_chunk`` and no sensor polls: the DAG ``connect_subscription_outcomes``, scheduled on the
+``connect_request_outcomes`` Asset (its watcher, ``ConnectRequestEventTrigger``, fires in the
+triggerer when a request is approved, failed, revoked or inquired), writes the outcomes back, one
+pass over the open rows per run.
+
 Parse-time settings come from environment variables (``CONNECT_CHANGES_SCHEDULE``, default every
-5 minutes; ``CONNECT_CHANGES_FOLLOW_POKE_SECONDS``...): see ``connect_project.settings.DagSettings``.
+5 minutes; ``CONNECT_CHANGES_FOLLOW_POKE_SECONDS``...): see ``connect_project.settings.DagSettings``
+and ``connect_project.events``.
 This file only wires tasks; the logic lives in ``connect_provider.outbox`` (``processing`` and ``follow``).
 """
 
@@ -24,12 +31,14 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 
 from airflow.sdk import Param, PokeReturnValue, dag, task
+from connect_project import events
 from connect_project.settings import DagSettings, follow_deadline
 from connect_provider.config import API_POOL, CHANGES_DB_CONN_ID, DEFAULT_CONN_ID
 from connect_provider.outbox import follow as outbox_follow
 from connect_provider.outbox import processing
 
 SETTINGS = DagSettings.from_env()
+FOLLOW_BY_EVENTS = events.SETTINGS.changes_follow == events.EVENTS
 
 
 @dag(
@@ -135,7 +144,43 @@ def connect_subscription_changes() -> None:
         return PokeReturnValue(is_done=done, xcom_value=counts)
 
     chunks = split(claim())
-    submit_chunk.expand(chunk=chunks) >> follow()
+    submitted = submit_chunk.expand(chunk=chunks)
+    if not FOLLOW_BY_EVENTS:
+        submitted >> follow()
 
 
 connect_subscription_changes()
+
+
+if FOLLOW_BY_EVENTS:
+
+    @dag(
+        dag_id="connect_subscription_outcomes",
+        description="Connect decided requests (event-driven) -> outcomes written back to the outbox",
+        schedule=[events.REQUEST_OUTCOMES_ASSET],
+        start_date=datetime(2026, 1, 1, tzinfo=timezone.utc),
+        catchup=False,
+        max_active_runs=1,
+        default_args={"retries": 2, "retry_delay": timedelta(seconds=30)},
+        tags=["cloudblue-connect", "outbox", "events"],
+        params={
+            "max_missing_checks": Param(SETTINGS.max_missing_checks, type="integer", minimum=1),
+            "connect_conn_id": Param(DEFAULT_CONN_ID, type="string"),
+            "changes_conn_id": Param(CHANGES_DB_CONN_ID, type="string"),
+        },
+    )
+    def connect_subscription_outcomes() -> None:
+        @task(pool=API_POOL)
+        def record_outcomes(params: dict | None = None) -> dict:
+            p = params or {}
+            _, counts = outbox_follow.follow_poke(
+                connect_conn_id=p["connect_conn_id"],
+                changes_conn_id=p["changes_conn_id"],
+                deadline=0.0,  # one pass: the next event starts the next one
+                max_missing_checks=p["max_missing_checks"],
+            )
+            return counts
+
+        record_outcomes()
+
+    connect_subscription_outcomes()

@@ -1,11 +1,17 @@
 """Export CloudBlue Connect usage records to partitioned Parquet, once per usage file version.
 
+Runs when Connect's usage files change: scheduled on the ``connect_usage_files`` Asset, whose
+watcher (``ConnectUsageFileEventTrigger``, in the triggerer) fires when a usage file becomes ready,
+pending, accepted or closed; and by hand. ``CONNECT_USAGE_SCHEDULE=@daily`` (read at parse time)
+keeps the former daily schedule instead (see ``connect_project.events``).
+
 plan -> export_usage_file (mapped, one per usage file, in the ``cloudblue_connect_api`` pool)
 -> publish_dataset (emits the ``connect_usage_records`` Asset event with files and rows).
 
-* ``plan`` lists the usage files in the configured statuses and keeps those not exported yet or
-  changed since (the manifest beside the data); a manual run with ``usage_file_id`` exports that
-  one file whatever the manifest says.
+* ``plan`` takes the usage files the triggering events name (or, in a run without events, lists
+  the usage files in the configured statuses) and keeps those not exported yet or changed since
+  (the manifest beside the data); a manual run with ``usage_file_id`` exports that one file
+  whatever the manifest says.
 * ``export_usage_file`` is ``ConnectUsageRecordsToParquetOperator``: streaming, atomic publish,
   bad records quarantined up to the param ``max_bad_record_ratio`` (1 % by default; past it the
   file's export fails and publishes nothing), manifest updated.
@@ -22,6 +28,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from airflow.sdk import Param, dag, task
+from connect_project import events
 from connect_project import usage_pipeline as pipeline
 from connect_provider.config import API_POOL, DEFAULT_CONN_ID
 from connect_provider.operators.usage import ConnectUsageRecordsToParquetOperator
@@ -31,7 +38,7 @@ from connect_provider.usage.exporter import DEFAULT_CONCURRENCY, DEFAULT_MAX_BAD
 @dag(
     dag_id="connect_usage_to_parquet",
     description="Connect usage records -> typed, partitioned Parquet (new or changed usage files only)",
-    schedule="@daily",
+    schedule=events.usage_schedule(),
     start_date=datetime(2026, 1, 1, tzinfo=timezone.utc),
     catchup=False,
     max_active_runs=1,
@@ -71,15 +78,19 @@ from connect_provider.usage.exporter import DEFAULT_CONCURRENCY, DEFAULT_MAX_BAD
 )
 def connect_usage_to_parquet() -> None:
     @task(pool=API_POOL)
-    def plan(params: dict[str, Any] | None = None) -> list[dict[str, str]]:
+    def plan(
+        params: dict[str, Any] | None = None, triggering_asset_events: Any = None
+    ) -> list[dict[str, str]]:
         from connect_provider.hooks.connect import ConnectHook
 
         params = params or {}
+        named = events.ids_of(events.payloads(triggering_asset_events, "usage_file"), "usage_file_id")
         return pipeline.plan_exports(
             ConnectHook(DEFAULT_CONN_ID),
             usage_file_id=params.get("usage_file_id"),
             statuses=params.get("statuses"),
             destination=params.get("destination"),
+            event_file_ids=named or None,
         )
 
     exports = ConnectUsageRecordsToParquetOperator.partial(

@@ -89,6 +89,8 @@ class Settings:
     parallelism: int = 4
     sandbox_args: tuple[str, ...] = ("--seed", "demo")
     host: str = "127.0.0.1"
+    #: More environment for every Airflow process (e.g. ``CONNECT_EVENTS_POLL_SECONDS`` for a test).
+    extra_env: dict[str, str] = field(default_factory=dict)
 
     @property
     def log_dir(self) -> Path:
@@ -195,6 +197,7 @@ class LocalAirflow:
                 "PYTHONUNBUFFERED": "1",
             }
         )
+        env.update(s.extra_env)
         return env
 
     # -- start -----------------------------------------------------------------------------------
@@ -422,6 +425,33 @@ class LocalAirflow:
         if self._sandbox is not None:  # started first, stopped last
             self._sandbox.stop()
             self._sandbox = None
+
+    @property
+    def sandbox(self) -> Sandbox:
+        """The stack's Connect sandbox (its admin API adds and moves usage files while it runs)."""
+        if self._sandbox is None:
+            raise StartupError("the stack is not started")
+        return self._sandbox
+
+    def restart(self, name: str, grace: float = 15.0) -> None:
+        """Stop one component (by its process group) and start it again with the same command.
+
+        ``restart("triggerer")``: the event triggers' watermarks live in the metadata DB (the
+        watched assets' state store), so nothing that happened while it was down is lost.
+        """
+        found = [p for p in self._procs if p.name == name]
+        if not found:
+            raise StartupError(f"no component named {name}")
+        proc = found[-1]
+        _signal_group(proc.popen.pid, signal.SIGTERM)
+        try:
+            proc.popen.wait(grace)
+        except subprocess.TimeoutExpired:
+            _signal_group(proc.popen.pid, signal.SIGKILL)
+            proc.popen.wait(10)
+        proc.log_file.close()
+        self._procs.remove(proc)
+        self._spawn(name, self._airflow_cmd(name), env=self.env())
 
     def __enter__(self) -> LocalAirflow:
         self.start()

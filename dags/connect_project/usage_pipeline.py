@@ -82,11 +82,15 @@ def plan_exports(
     usage_file_id: str | None = None,
     statuses: Any = None,
     destination: Any = None,
+    event_file_ids: Iterable[str] | None = None,
 ) -> list[dict[str, str]]:
     """The ``expand_kwargs`` of the mapped export: one ``{"usage_file_id", "destination"}`` per file.
 
     With ``usage_file_id`` (a manual run from the UI) that file is exported whatever the manifest
-    says; otherwise the usage files in ``statuses`` that are new or changed since their export.
+    says. With ``event_file_ids`` (a run started by the usage-file watcher's events) those files,
+    read again now, when they are in ``statuses`` and new or changed since their export: a
+    duplicate event, or one for a file exported meanwhile, exports nothing. Otherwise every usage
+    file in ``statuses`` that is new or changed since its export.
     """
     target = resolve_destination(destination)
     check_destination(target)  # before any call to Connect: a bad destination costs nothing there
@@ -94,9 +98,24 @@ def plan_exports(
         file_id = check_partition_value("usage_file_id", str(usage_file_id).strip())
         hook.get_usage_file(file_id)  # fails early, with Connect's 404, on a wrong id
         return [{"usage_file_id": file_id, "destination": target}]
-    files = list_usage_files(hook, resolve_statuses(statuses))
+    if event_file_ids is not None:
+        files = files_named(hook, event_file_ids, resolve_statuses(statuses))
+    else:
+        files = list_usage_files(hook, resolve_statuses(statuses))
     chosen = select_for_export(DatasetLayout(target), files)
     return [{"usage_file_id": file_id, "destination": target} for file_id in chosen]
+
+
+def files_named(hook: ConnectHook, file_ids: Iterable[str], statuses: list[str]) -> list[dict[str, Any]]:
+    """The usage files of these ids as Connect has them now, those in ``statuses`` (100 ids a call)."""
+    from connect_provider.rql import R
+
+    ids = [check_partition_value("usage_file_id", str(i).strip()) for i in dict.fromkeys(file_ids)]
+    found: list[dict[str, Any]] = []
+    for start in range(0, len(ids), 100):
+        query = R().id.in_(ids[start : start + 100]) & R().status.in_(statuses)
+        found.extend(hook.iter_items("/usage/files", query, ordering=("created.at", "id")))
+    return found
 
 
 def dataset_event(results: Iterable[Mapping[str, Any] | None], destination: str) -> dict[str, Any] | None:

@@ -134,6 +134,8 @@ def stack(chromium_path: str, artifacts: Path, launcher: ModuleType) -> Iterator
         parallelism=2,
         # A short vendor decision delay, like the rest of the suite's sandbox.
         sandbox_args=("--seed", "demo", "--auto-approve-delay", "0.5"),
+        # The event watchers poll every 2 s, so the event-driven test waits seconds, not minutes.
+        extra_env={"CONNECT_EVENTS_POLL_SECONDS": "2"},
     )
     airflow = launcher.LocalAirflow(settings)
     try:

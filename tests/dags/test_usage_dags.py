@@ -28,10 +28,16 @@ def usage_dags(airflow_db) -> dict:
     return {k: v for k, v in bag.dags.items() if k in ("connect_usage_to_parquet", "connect_usage_load")}
 
 
-def test_the_export_dag_runs_daily_without_catchup_and_maps_exports_in_the_api_pool(usage_dags) -> None:
+def test_the_export_dag_runs_on_usage_file_events_without_catchup_and_maps_exports_in_the_api_pool(
+    usage_dags,
+) -> None:
+    from connect_project import events
+
     dag = usage_dags["connect_usage_to_parquet"]
     assert dag.catchup is False and dag.max_active_runs == 1
-    assert dag.schedule == "@daily"
+    # Was "@daily": it now runs on the watched Asset's events (CONNECT_USAGE_SCHEDULE=@daily keeps it).
+    assert [a.name for a in dag.schedule] == ["connect_usage_files"]
+    assert dag.schedule == [events.USAGE_FILES_ASSET]
     assert set(dag.params) == {"usage_file_id", "statuses", "destination", "max_bad_record_ratio"}
     assert dag.params["max_bad_record_ratio"] == 0.01
     assert dag.params["usage_file_id"] is None

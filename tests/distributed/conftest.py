@@ -140,6 +140,8 @@ class Component:
     proc: subprocess.Popen
     log_path: Path
     log_file: IO[bytes] | None = None
+    argv: list[str] | None = None
+    extra_env: dict[str, str] | None = None
 
 
 class Processes:
@@ -168,7 +170,36 @@ class Processes:
             cwd=str(self.log_dir),
             start_new_session=True,
         )
-        return self.adopt(name, proc, log_path, log_file)
+        component = self.adopt(name, proc, log_path, log_file)
+        component.argv, component.extra_env = list(argv), extra_env
+        return component
+
+    def stop(self, name: str, grace: float = 25.0) -> Component:
+        """Stop one long-running component (SIGTERM to its group, SIGKILL after ``grace``); return it."""
+        with self.lock:
+            found = [c for c in self.components if c.name == name and c.proc.poll() is None]
+        if not found:
+            raise RuntimeError(f"no running component named {name}")
+        component = found[-1]
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(component.proc.pid, signal.SIGTERM)
+        try:
+            component.proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(component.proc.pid, signal.SIGKILL)
+            component.proc.wait(10)
+        with self.lock:
+            self.components.remove(component)
+        if component.log_file is not None:
+            component.log_file.close()
+        log.info("stopped %s (pid %s, exit %s)", name, component.proc.pid, component.proc.returncode)
+        return component
+
+    def restart(self, component: Component) -> Component:
+        """Start a stopped component again, with the same command line and environment."""
+        assert component.argv is not None, f"{component.name} was not started by this object"
+        return self.start(component.name, component.argv, component.extra_env)
 
     def adopt(
         self, name: str, proc: subprocess.Popen, log_path: Path, log_file: IO[bytes] | None = None
@@ -504,6 +535,8 @@ def _airflow_env(
             # The changes DAG runs only when triggered here, and follows requests briskly.
             "CONNECT_CHANGES_SCHEDULE": "none",
             "CONNECT_CHANGES_FOLLOW_POKE_SECONDS": "5",
+            # The usage-file watcher polls briskly, so an event-driven run starts within seconds.
+            "CONNECT_EVENTS_POLL_SECONDS": "2",
             "AIRFLOW_CONN_CLOUDBLUE_CONNECT_DEFAULT": sandbox.conn_json(),
             "AIRFLOW_CONN_CONNECT_CHANGES_DB": outbox_conn,
         }

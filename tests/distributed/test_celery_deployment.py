@@ -7,8 +7,13 @@ Airflow's REST API, and waits for the runs. The tests then state what must hold 
 every change ended once with the status its payload implies, no Connect request was created twice,
 both Parquet files hold every record exactly once, both workers took part, and every process stops.
 
+Then the event-driven part: a usage file that appears in the sandbox starts the export DAG
+through the usage-file watcher in the triggerer (no one triggers it), and a file added while the
+triggerer is stopped starts it once the triggerer is back (the watcher's watermark is in the
+asset's state store, in the metadata DB).
+
 The tests share one deployment (module fixtures) and run in file order: the deployment, the run,
-the stop. Left out of ``make test``; selected by ``-m distributed`` or a path into this folder.
+the events, the stop. Left out of ``make test``; selected by ``-m distributed`` or a path into this folder.
 """
 
 from __future__ import annotations
@@ -207,6 +212,95 @@ def run(topology: Any) -> Run:
 
 
 # --------------------------------------------------------------------------------------------------
+# The events: usage files that appear start the export DAG, across a triggerer restart
+
+EVENT_RECORDS = (400, 300)
+#: How soon after a file appears its run must exist: the watcher's poll (2 s here), the scheduler
+#: turning the asset event into a run, generously for a loaded 2-core machine.
+EVENT_RUN_WITHIN = 90.0
+
+
+@dataclass
+class EventRun:
+    files: list[dict]
+    runs: list[dict]  # the asset-triggered runs, in order
+    latency: list[float]  # seconds from a file's appearance (or the triggerer's return) to its run
+
+
+def wait_until(what: str, probe: Any, timeout: float, interval: float) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = probe()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"{what} did not happen within {timeout:.0f}s")
+
+
+def _watcher_polls(topology: Any) -> int:
+    return topology.sandbox.stats()["calls_by_route"].get("GET /usage/files", 0)
+
+
+def _new_asset_runs(topology: Any, known: set[str]) -> list[dict]:
+    return [
+        r
+        for r in topology.api.runs(USAGE_DAG)
+        if r["dag_run_id"] not in known and r["run_type"] == "asset_triggered"
+    ]
+
+
+def _wait_for_run(topology: Any, known: set[str], since: float) -> tuple[dict, float]:
+    """The first new asset-triggered run of the export DAG, once it succeeded; and how soon it came."""
+    created = wait_until(
+        "an asset-triggered run of the export DAG",
+        lambda: _new_asset_runs(topology, known),
+        EVENT_RUN_WITHIN,
+        1,
+    )
+    latency = time.monotonic() - since
+    run_id = created[0]["dag_run_id"]
+    state = topology.wait_runs(USAGE_DAG, [run_id], time.monotonic() + 240)[run_id]
+    assert state == "success", f"{run_id}: {state}"
+    return created[0], latency
+
+
+@pytest.fixture(scope="module")
+def event_run(run: Run, topology: Any) -> EventRun:
+    """Two usage files appear, one before and one during a triggerer restart; the runs they start."""
+    sandbox = topology.sandbox
+    # The watcher is live when GET /usage/files keeps being called with no export running.
+    before = _watcher_polls(topology)
+    wait_until("the usage-file watcher polling", lambda: _watcher_polls(topology) >= before + 3, 60, 1)
+    known = {r["dag_run_id"] for r in topology.api.runs(USAGE_DAG)}
+    period = {
+        "product_id": "PRD-276-377-545",
+        "status": "ready",
+        "period_from": "2026-11-01",
+        "period_to": "2026-11-30",
+    }
+
+    first = sandbox.add_usage_file(EVENT_RECORDS[0], **period)
+    log.info("added %s; waiting for the export DAG to start on its event", first["id"])
+    run_a, latency_a = _wait_for_run(topology, known, time.monotonic())
+    log.info("%s started %.1fs after %s appeared", run_a["dag_run_id"], latency_a, first["id"])
+    known |= {r["dag_run_id"] for r in topology.api.runs(USAGE_DAG)}
+
+    stopped = topology.processes.stop("triggerer")
+    second = sandbox.add_usage_file(EVENT_RECORDS[1], **period)
+    log.info("triggerer stopped; added %s while it was down; starting it again", second["id"])
+    topology.processes.restart(stopped)
+    back = time.monotonic()
+    run_b, latency_b = _wait_for_run(topology, known, back)
+    log.info("%s started %.1fs after the triggerer came back", run_b["dag_run_id"], latency_b)
+    # A duplicate of the first file's event may start one more run after the restart: it finds the
+    # file exported and exports nothing; let it end before the checks read the dataset.
+    while time.monotonic() < back + 60 and topology.active_runs(USAGE_DAG):
+        time.sleep(2)
+    sandbox.set_faults("")
+    return EventRun(files=[first, second], runs=[run_a, run_b], latency=[latency_a, latency_b])
+
+
+# --------------------------------------------------------------------------------------------------
 # The deployment
 
 
@@ -323,6 +417,44 @@ class TestWorkers:
     def test_both_celery_workers_ran_tasks(self, run: Run, topology: Any) -> None:
         counts = topology.tasks_received()
         assert all(v > 0 for v in counts.values()), ", ".join(f"{k}: {v} tasks" for k, v in counts.items())
+
+
+class TestEventDrivenExport:
+    def test_a_new_usage_file_starts_the_export_dag_within_the_poll_and_scheduling_delay(
+        self, event_run: EventRun
+    ) -> None:
+        assert event_run.latency[0] < EVENT_RUN_WITHIN, f"{event_run.latency[0]:.0f}s"
+        assert event_run.runs[0]["run_type"] == "asset_triggered"
+
+    def test_a_file_added_while_the_triggerer_was_down_is_not_lost(self, event_run: EventRun) -> None:
+        assert event_run.latency[1] < EVENT_RUN_WITHIN, f"{event_run.latency[1]:.0f}s after the restart"
+
+    @pytest.mark.parametrize(
+        "index", range(len(EVENT_RECORDS)), ids=["before-the-restart", "during-the-restart"]
+    )
+    def test_each_file_that_appeared_is_exported_whole(
+        self, event_run: EventRun, topology: Any, index: int
+    ) -> None:
+        import pyarrow.parquet as pq
+
+        root = topology.data_dir / "usage_records"
+        file_id = event_run.files[index]["id"]
+        found = [
+            p
+            for p in root.rglob(f"usage_file_id={file_id}.parquet")
+            if not any(part.startswith("_") for part in p.relative_to(root).parts)
+        ]
+        assert len(found) == 1, f"want one data file of {file_id}, found {found}"
+        ids = pq.read_table(found[0], columns=["id"]).column("id").to_pylist()
+        assert len(ids) == len(set(ids)) == EVENT_RECORDS[index]
+
+    def test_every_event_driven_run_succeeded(self, event_run: EventRun, topology: Any) -> None:
+        states = {
+            r["dag_run_id"]: r["state"]
+            for r in topology.api.runs(USAGE_DAG)
+            if r["run_type"] == "asset_triggered"
+        }
+        assert states and all(s == "success" for s in states.values()), states
 
 
 # --------------------------------------------------------------------------------------------------

@@ -108,6 +108,7 @@ __all__ = [
     "RETRY",
     "USAGE_RECORDS_ORDERING",
     "USAGE_RECORDS_PAGE_SIZE",
+    "AsyncPage",
     "ConnectHook",
     "RawPage",
     "RetryDecision",
@@ -207,6 +208,14 @@ class RawPage(NamedTuple):
     body: bytes
     offset: int
     count: int
+    total: int
+
+
+class AsyncPage(NamedTuple):
+    """One decoded page read by :meth:`ConnectHook.aget_page`: its items, where it starts, the total."""
+
+    items: list[dict[str, Any]]
+    offset: int
     total: int
 
 
@@ -2073,6 +2082,43 @@ class ConnectHook(BaseHook):
         path = f"/requests/{_id_segment(request_id, 'request_id')}"
         answer = await self._acall("GET", path)
         return self._json_or_none(answer.body, "GET", path)
+
+    @_redacting
+    async def aget_page(
+        self,
+        path: str,
+        query: R | str | None = None,
+        *,
+        ordering: str | Sequence[str] | None = None,
+        select: str | Sequence[str] | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> AsyncPage:
+        """One page of a collection without blocking the event loop (for the event triggers).
+
+        A coroutine, not an async generator: the caller decides how to page (the event triggers
+        page by key, ``ge(updated,...)``, not by offset, so a row that changes while they read
+        cannot shift the pages under them). ``limit`` defaults to the hook's page size; the total
+        comes from ``Content-Range`` (-1 when the server sends none). Retries, errors and their
+        scrubbing are the synchronous calls'.
+        """
+        rel = _normalize_path(path)
+        size = self._page_size(limit, DEFAULT_PAGE_SIZE) if limit is not None else None
+        await self._aensure_connection()
+        if size is None:
+            size = self.settings.page_size or DEFAULT_PAGE_SIZE
+        query_string = self._query_string(
+            query, select=select, ordering=ordering, limit=size, offset=int(offset)
+        )
+        answer = await self._acall("GET", rel, query_string=query_string)
+        items = self._json_or_none(answer.body, "GET", rel)
+        if not isinstance(items, list):
+            raise ConnectAPIError(
+                f"GET {rel}: expected a JSON array (a collection); check the path", method="GET", path=rel
+            )
+        content_range = parse_content_range(answer.headers.get("Content-Range"))
+        total = content_range[2] if content_range is not None else -1
+        return AsyncPage(items=items, offset=int(offset), total=total)
 
     # ------------------------------------------------------------------ connection test
 

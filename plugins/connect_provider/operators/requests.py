@@ -45,6 +45,7 @@ from connect_provider.arguments import (
 from connect_provider.config import DEFAULT_CONN_ID
 from connect_provider.enums import RequestStatus
 from connect_provider.exceptions import ConnectError
+from connect_provider.lineage import ConnectLineageMixin
 from connect_provider.triggers.requests import ConnectRequestTrigger
 
 if TYPE_CHECKING:
@@ -127,7 +128,7 @@ class _ConnectOperator(BaseOperator):
         return ConnectHook(self.connect_conn_id)
 
 
-class _ConnectActionOperator(_ConnectOperator):
+class _ConnectActionOperator(ConnectLineageMixin, _ConnectOperator):
     """An operator over one action: its keywords, ``template_fields`` and docs come from a declaration.
 
     A subclass names its declaration (``arguments = PurchaseArgs``, :mod:`connect_provider.arguments`);

@@ -15,6 +15,7 @@ from airflow.sdk import BaseOperator
 
 from connect_provider.config import DEFAULT_CONN_ID
 from connect_provider.exceptions import ConnectError, ConnectValidationError
+from connect_provider.lineage import ConnectLineageMixin
 from connect_provider.usage.exporter import (
     DEFAULT_CONCURRENCY,
     DEFAULT_MAX_BAD_RECORD_RATIO,
@@ -94,7 +95,7 @@ class ConnectGetUsageRecordsOperator(_UsageOperator):
         return records
 
 
-class ConnectUsageRecordsToParquetOperator(_UsageOperator):
+class ConnectUsageRecordsToParquetOperator(ConnectLineageMixin, _UsageOperator):
     """Export every record of a usage file to typed, hive-partitioned Parquet, atomically.
 
     Writes ``<destination>/product_id=<PRD>/period=<YYYY-MM>/usage_file_id=<UF>.parquet`` with the

@@ -1,5 +1,4 @@
-"""The changes DAG's parse-time settings (connect_project.settings), from the environment.
-"""
+"""The changes DAG's parse-time settings (connect_project.settings), from the environment."""
 
 from __future__ import annotations
 
