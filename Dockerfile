@@ -1,6 +1,6 @@
 # The Airflow image of this project: the official Airflow image with this provider package (and the
 # Connect sandbox, which ships in the same distribution) installed at build time, pinned by the
-# project's lock file. docker-compose.yaml builds it; the Helm chart runs it (see the README).
+# project's lock file. docker-compose.yaml builds it; the Helm chart runs it (see docs/deployment.md).
 #
 #   docker build -t airflow-provider-cloudblue-connect:local .
 #

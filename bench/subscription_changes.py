@@ -99,7 +99,7 @@ def plan(n: int, tag: str) -> tuple[list[dict], int]:
     return rows, others
 
 
-POOL_SLOTS = 4  # the cloudblue_connect_api pool as docker-compose, the demo and the README create it
+POOL_SLOTS = 4  # the cloudblue_connect_api pool as docker-compose, the demo and docs/deployment.md create it
 
 
 def floors(calls: int, latency_ms: float, wall: float) -> dict:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+# [START docs_imports]
 from airflow.sdk import DAG
 from connect_provider.operators.requests import (
     ConnectApproveRequestOperator,
@@ -32,12 +33,15 @@ from connect_provider.operators.requests import (
 )
 from connect_provider.sensors.requests import ConnectRequestSensor
 
+# [END docs_imports]
+
 HUB_ID = "HB-0000-0001"
 MARKETPLACE = "EU Marketplace"
 SEATS_ITEM = "PRD-276-377-545-0001"
 ACTIVATION_TEMPLATE = "TL-276-377-545-0001"
 INQUIRE_TEMPLATE = "TL-276-377-545-0002"
 
+# [START docs_tiers]
 RESELLER = {
     "name": "Demo Reseller",
     "external_id": "reseller-1",
@@ -70,16 +74,20 @@ CUSTOMER = {
         },
     },
 }
+# [END docs_tiers]
 
+# [START docs_subscription]
 # One subscription per run; every step names it the same way.
 SUBSCRIPTION = "demo-{{ run_id }}"
 FOLLOW = {"wait_for_completion": True, "poll_interval": 1.0, "timeout": 600}
+# [END docs_subscription]
 
 
 def _request_of(task_id: str) -> str:
     return "{{ ti.xcom_pull(task_ids='" + task_id + "')['request_id'] }}"
 
 
+# [START docs_first_dag]
 with DAG(
     dag_id="connect_request_examples",
     description="Purchase, change, suspend, resume and cancel a Connect subscription; vendor decisions.",
@@ -89,6 +97,7 @@ with DAG(
     default_args={"retries": 2, "retry_delay": timedelta(seconds=10)},
     tags=["cloudblue-connect", "example"],
 ):
+    # [START docs_customer_side]
     purchase = ConnectPurchaseRequestOperator(
         task_id="purchase",
         asset_external_id=SUBSCRIPTION,
@@ -114,6 +123,7 @@ with DAG(
         task_id="resume", request_type="resume", asset_external_id=SUBSCRIPTION, **FOLLOW
     )
     cancel = ConnectCancelRequestOperator(task_id="cancel", asset_external_id=SUBSCRIPTION)
+    # [START docs_sensor]
     cancelled = ConnectRequestSensor(
         task_id="cancel_approved",
         request_id=_request_of("cancel"),
@@ -121,8 +131,12 @@ with DAG(
         timeout=600,
         deferrable=True,
     )
+    # [END docs_sensor]
     purchase >> more_seats >> suspend >> resume >> cancel >> cancelled
+    # [END docs_customer_side]
+    # [END docs_first_dag]
 
+    # [START docs_vendor_side]
     to_approve = ConnectPurchaseRequestOperator(
         task_id="purchase_to_approve",
         asset_external_id="approve-{{ run_id }}",
@@ -159,3 +173,4 @@ with DAG(
     )
     to_approve >> approve
     to_question >> inquire >> refuse
+    # [END docs_vendor_side]

@@ -93,6 +93,7 @@ def connect_usage_to_parquet() -> None:
             event_file_ids=named or None,
         )
 
+    # [START docs_usage_export]
     exports = ConnectUsageRecordsToParquetOperator.partial(
         task_id="export_usage_file",
         pool=API_POOL,
@@ -102,6 +103,7 @@ def connect_usage_to_parquet() -> None:
         connect_conn_id=DEFAULT_CONN_ID,
         max_bad_record_ratio="{{ params.max_bad_record_ratio }}",
     ).expand_kwargs(plan())
+    # [END docs_usage_export]
 
     @task(outlets=[pipeline.USAGE_RECORDS_ASSET], trigger_rule="none_failed")
     def publish_dataset(results: Any, params: dict[str, Any] | None = None, **context: Any) -> dict[str, Any]:

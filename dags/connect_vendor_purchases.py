@@ -44,6 +44,7 @@ from connect_provider.config import API_POOL, DEFAULT_CONN_ID
     },
 )
 def connect_vendor_purchases() -> None:
+    # [START docs_vendor_events]
     @task(pool=API_POOL)
     def decide(params: dict[str, Any] | None = None, triggering_asset_events: Any = None) -> dict[str, Any]:
         from airflow.sdk.exceptions import AirflowException
@@ -65,6 +66,7 @@ def connect_vendor_purchases() -> None:
                 f"{len(done.failed)} of {len(request_ids)} request(s) not decided: {reasons}"
             )
         return done.to_dict()
+    # [END docs_vendor_events]
 
     decide()
 

@@ -76,6 +76,7 @@ class EventSettings:
 
 SETTINGS = EventSettings.from_env()
 
+# [START docs_usage_files_asset]
 USAGE_FILES_ASSET = Asset(
     name="connect_usage_files",
     watchers=[
@@ -90,7 +91,9 @@ USAGE_FILES_ASSET = Asset(
         )
     ],
 )
+# [END docs_usage_files_asset]
 
+# [START docs_pending_purchases_asset]
 PENDING_PURCHASES_ASSET = Asset(
     name="connect_pending_purchases",
     watchers=[
@@ -105,6 +108,7 @@ PENDING_PURCHASES_ASSET = Asset(
         )
     ],
 )
+# [END docs_pending_purchases_asset]
 
 REQUEST_OUTCOMES_ASSET = Asset(
     name="connect_request_outcomes",

@@ -1,7 +1,7 @@
 """``/_sandbox``: the admin API, not part of Connect, that changes the sandbox while it runs.
 
 Never fault-injected and never authenticated (the middleware guards ``/public/v1`` only). The
-README's sandbox section lists these routes; tests and benchmarks reach them through
+sandbox page (docs/sandbox.md, "Admin API") lists these routes; tests and benchmarks reach them through
 :mod:`connect_sandbox.testing`.
 """
 

@@ -274,7 +274,7 @@ DISTINCT = {
     "asset_external_id": "top-asset-ext-id",
     "asset_external_uid": "top-asset-ext-uid",
 }
-# What each column must hold, written out by hand from the README's table (not from the code).
+# What each column must hold, written out by hand from docs/usage-export.md's table (not from the code).
 EXPECTED_ROW = {
     "id": "UR-2026-10-0000000042-0000001",
     "usage_file_id": FILE_ID,
