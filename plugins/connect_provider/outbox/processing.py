@@ -117,7 +117,15 @@ def chunk_claim(
 
 
 @dataclass
-class ChunkReport:
+class Counts:
+    """Counters of one step of the outbox pipeline, as its task's XCom (counts only, no rows)."""
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+@dataclass
+class ChunkReport(Counts):
     """Counts of what one chunk did (the mapped task's XCom)."""
 
     claimed: int = 0
@@ -130,9 +138,6 @@ class ChunkReport:
     reused: int = 0
     skipped: int = 0  # ids no longer held by this token (already written back, or taken over)
     held_elsewhere: int = 0  # rows another attempt of this run is working on: left to it
-
-    def to_dict(self) -> dict[str, int]:
-        return asdict(self)
 
 
 def arguments_for(change: Change) -> dict[str, Any]:
