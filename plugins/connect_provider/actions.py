@@ -75,7 +75,7 @@ from connect_provider.exceptions import (
     ConnectRequestStateError,
     ConnectValidationError,
 )
-from connect_provider.rql import R
+from connect_provider.rql import R, render_value
 
 if TYPE_CHECKING:
     from connect_provider.hooks.connect import ConnectHook
@@ -94,6 +94,7 @@ __all__ = [
     "default_asset_external_uid",
     "default_tier_external_uid",
     "fail",
+    "find_assets_by_external_id",
     "inquire",
     "purchase",
     "run",
@@ -237,6 +238,57 @@ def _resolve_asset(hook: ConnectHook, ref: AssetArgs) -> dict[str, Any]:
             candidates=[str(a.get("id")) for a in found],
         )
     return found[0]
+
+
+#: External ids per ``GET /assets?in(external_id,(...))``, and the characters they may add to the
+#: URL: one listing stays well under the 8 KB that servers and proxies commonly accept.
+ASSETS_PER_LOOKUP = 100
+ASSET_LOOKUP_CHARS = 3000
+
+
+def find_assets_by_external_id(
+    hook: ConnectHook, external_ids: Iterable[str], *, product_id: str | None = None
+) -> dict[str, list[dict[str, Any]]]:
+    """The assets of many external ids in few listings: ``{external_id: [asset, ...]}``.
+
+    Why: finding each row's asset by its own ``GET /assets`` makes a batch of changes cost a
+    look-up per row; one ``in(external_id,(...))`` listing (with the product, when given: the
+    purchase's own filter) answers a whole chunk, paged lazily through the hook. Every id asked
+    for is a key (an empty list: no such asset), in the listing's order, as
+    :meth:`ConnectHook.find_assets` would have returned them one id at a time. Ids RQL cannot quote
+    are left out (their own look-up refuses them with the reason).
+    """
+    wanted: list[str] = []
+    for external_id in dict.fromkeys(str(x) for x in external_ids):
+        try:
+            render_value(external_id, field="external_id")
+        except ConnectValidationError:
+            continue
+        wanted.append(external_id)
+    found: dict[str, list[dict[str, Any]]] = {x: [] for x in wanted}
+    for part in _url_sized(wanted):
+        query = R(external_id__in=part)
+        if product_id is not None:
+            query = query & R(product__id=product_id)
+        for asset in hook.iter_items("/assets", query):
+            matches = found.get(str(asset.get("external_id")))
+            if matches is not None:
+                matches.append(asset)
+    return found
+
+
+def _url_sized(values: list[str]) -> Iterable[list[str]]:
+    """``values`` cut into runs of at most ASSETS_PER_LOOKUP and about ASSET_LOOKUP_CHARS characters."""
+    part: list[str] = []
+    size = 0
+    for value in values:
+        if part and (len(part) >= ASSETS_PER_LOOKUP or size + len(value) > ASSET_LOOKUP_CHARS):
+            yield part
+            part, size = [], 0
+        part.append(value)
+        size += len(value) + 1
+    if part:
+        yield part
 
 
 def _purchase_for_existing_asset(
