@@ -97,6 +97,7 @@ __all__ = [
     "find_assets_by_external_id",
     "inquire",
     "purchase",
+    "purchase_look_ups",
     "run",
     "run_action",
     "suspend_resume",
@@ -653,6 +654,24 @@ def _purchase_payload(hook: ConnectHook, spec: PurchaseArgs) -> dict[str, Any]:
     if spec.tier2 is not None:
         tiers["tier2"] = _tier_payload(hook, spec.tier2, spec.hub_id)
     return spec.connect_payload(marketplace_id=mp["id"], connection_id=connection_id, tiers=tiers)
+
+
+def purchase_look_ups(spec: PurchaseArgs) -> list[tuple[str, tuple[Any, ...], dict[str, Any]]]:
+    """The configuration look-ups a purchase's create makes, as ``(hook method, args, kwargs)``.
+
+    The calls :func:`_purchase_payload` makes, in the same shape (a batch of purchases that
+    remembers them answers its rows from them): the marketplace, the connection unless
+    ``connection_id`` is given, and the tier accounts of tiers without ``external_uid``. Why: a
+    batch can make them all at once before its rows, instead of its first purchase making them
+    one after another while the others wait for the answers.
+    """
+    calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = [("find_marketplace", (spec.marketplace,), {})]
+    if spec.connection_id is None:
+        calls.append(("find_connection", (spec.product_id, spec.hub_id, spec.connection_type), {}))
+    for tier in (spec.customer, spec.tier1, spec.tier2):
+        if tier is not None and not tier.get("external_uid"):
+            calls.append(("find_tier_account", (tier["external_id"],), {"hub_id": spec.hub_id}))
+    return calls
 
 
 def _own_purchase(hook: ConnectHook, spec: PurchaseArgs) -> dict[str, Any] | None:

@@ -39,11 +39,12 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from connect_provider import actions
 from connect_provider import validation as v
-from connect_provider.arguments import AssetArgs, PurchaseArgs, request_arguments
+from connect_provider.arguments import ActionArgs, AssetArgs, PurchaseArgs, request_arguments
 from connect_provider.config import CHANGES_DB_CONN_ID, DEFAULT_CONN_ID
 from connect_provider.enums import RequestStatus
 from connect_provider.exceptions import (
@@ -438,17 +439,21 @@ def _lanes(rows: Sequence[Change]) -> list[list[Change]]:
     return list(lanes.values())
 
 
-def _asset_look_up(change: Change) -> tuple[str | None, str] | None:
+def _checked(change: Change) -> ActionArgs | None:
+    """The row's checked arguments, or None when its input is refused (it is rejected, no call)."""
+    try:
+        return request_arguments(change.change_type, arguments_for(change)).checked()
+    except ConnectValidationError:
+        return None
+
+
+def _asset_look_up(args: ActionArgs) -> tuple[str | None, str] | None:
     """(product filter, external id) of the row's first asset look-up, or None when it makes none.
 
     A purchase that may reuse an existing asset looks its external id up within its product;
     a change, suspend, resume or cancel named by external id looks it up alone. Rows named by
-    ``asset_id`` (a ``GET /assets/{id}``), and rows whose input is refused, make no listing.
+    ``asset_id`` make a ``GET /assets/{id}``, not a listing.
     """
-    try:
-        args = request_arguments(change.change_type, arguments_for(change)).checked()
-    except ConnectValidationError:
-        return None
     if isinstance(args, PurchaseArgs):
         return (args.product_id, str(args.asset_external_id)) if args.reuse_existing_request else None
     if isinstance(args, AssetArgs) and not args.asset_id and args.asset_external_id:
@@ -456,33 +461,22 @@ def _asset_look_up(change: Change) -> tuple[str | None, str] | None:
     return None
 
 
-def list_chunk_assets(hook: ConnectHook, lanes: Sequence[Sequence[Change]]) -> dict[int, _Listed]:
-    """The assets of the first row of every lane, in one listing per product filter.
-
-    A listing that fails (any error but a refused API key) is logged and left out: its rows look
-    their assets up themselves, as they would without it, and fail with their own reasons.
-    """
-    wanted = {lane[0].id: look_up for lane in lanes if (look_up := _asset_look_up(lane[0])) is not None}
+def _preparations(chunk: _ChunkRun, rows: Sequence[Change]) -> list[Callable[[], None]]:
+    """What a chunk reads before its rows: one asset listing per product filter, for the first row
+    of every lane, and every distinct configuration look-up of its purchases."""
+    firsts = {lane[0].id: args for lane in _lanes(rows) if (args := _checked(lane[0])) is not None}
+    wanted = {row_id: look_up for row_id, args in firsts.items() if (look_up := _asset_look_up(args))}
     by_product: dict[str | None, list[str]] = {}
     for product_id, external_id in wanted.values():
         by_product.setdefault(product_id, []).append(external_id)
-    listed: dict[int, _Listed] = {}
-    for product_id, external_ids in by_product.items():
-        try:
-            found = actions.find_assets_by_external_id(hook, external_ids, product_id=product_id)
-        except ConnectAuthError:
-            raise
-        except Exception as exc:
-            log.warning(
-                "Listing the assets of %d change(s) failed; each looks its asset up itself: %s",
-                len(external_ids),
-                exc,
-            )
-            continue
-        for row_id, (product, external_id) in wanted.items():
-            if product == product_id and external_id in found:
-                listed[row_id] = _Listed(product, external_id, found[external_id])
-    return listed
+    calls = dict.fromkeys(
+        (name, call_args, tuple(sorted(kwargs.items())))
+        for args in firsts.values()
+        if isinstance(args, PurchaseArgs)
+        for name, call_args, kwargs in actions.purchase_look_ups(args)
+    )
+    listings = [partial(chunk.list_assets, product, ids, wanted) for product, ids in by_product.items()]
+    return [*listings, *(partial(chunk.look_up, *call) for call in calls)]
 
 
 class _ChunkRun:
@@ -543,7 +537,55 @@ class _ChunkRun:
             self._touched.update(asset_ids)
         return True
 
+    def prepare(self, rows: Sequence[Change]) -> None:
+        """Before the rows, side by side: the chunk's asset listings and its purchases' look-ups.
+
+        Why side by side: they do not depend on each other, and one after the other they would
+        hold every lane up for a round trip each (a listing per product filter; the marketplace,
+        connection and tier accounts that the first purchase would otherwise ask for in turn).
+        """
+        jobs = _preparations(self, rows)
+        if self.concurrency == 1:
+            for job in jobs:
+                job()
+            return
+        with ThreadPoolExecutor(self.concurrency, thread_name_prefix="connect-chunk-prep") as pool:
+            list(pool.map(lambda job: job(), jobs))
+
+    def list_assets(
+        self, product_id: str | None, external_ids: list[str], wanted: Mapping[int, tuple[str | None, str]]
+    ) -> None:
+        """One listing of the chunk's assets; one that fails (but for a refused API key) is logged,
+        and its rows look their assets up themselves, failing with their own reasons."""
+        hook = self._resources()[1]
+        try:
+            found = actions.find_assets_by_external_id(hook, external_ids, product_id=product_id)
+        except ConnectAuthError:
+            raise
+        except Exception as exc:
+            log.warning(
+                "Listing the assets of %d change(s) failed; each looks its asset up itself: %s",
+                len(external_ids),
+                exc,
+            )
+            return
+        for row_id, (product, external_id) in wanted.items():
+            if product == product_id and external_id in found:
+                self.listed[row_id] = _Listed(product, external_id, found[external_id])
+
+    def look_up(self, name: str, args: tuple[Any, ...], kwargs: tuple[tuple[str, Any], ...]) -> None:
+        """One configuration look-up, remembered for the rows; a failed one is left to the rows."""
+        try:
+            getattr(self._resources()[1], name)(*args, **dict(kwargs))
+        except ConnectAuthError:
+            raise
+        except Exception as exc:
+            log.info(
+                "Look-up %s%r failed before the rows; the rows that need it ask again: %s", name, args, exc
+            )
+
     def submit(self, change: Change) -> str | None:
+
         outbox, lookups = self._resources()
         listed = self.listed.pop(change.id, None)
 
@@ -613,8 +655,8 @@ def submit_chunk(
 
     ``concurrency`` rows go side by side (at most the connection's ``max_concurrency``), each
     thread with an outbox and a hook of its own (``hook_factory``; default: a new ``ConnectHook``
-    of ``hook``'s connection), never two rows of one asset (:func:`asset_lane`). ``batch_assets``
-    finds the chunk's assets in one listing per product (:func:`list_chunk_assets`).
+    of ``hook``'s connection), never two rows of one asset (:func:`asset_lane`). ``batch_assets``:
+    one asset listing per product, and the configuration look-ups, first (:meth:`_ChunkRun.prepare`).
     """
     hook.get_conn()  # a broken connection fails the task here, instead of rejecting every row
     lease_covers_a_create(hook, lease_seconds)
@@ -631,7 +673,7 @@ def submit_chunk(
     chunk.report.claimed, chunk.report.skipped = len(rows), len({int(i) for i in ids}) - len(rows)
     try:
         if batch_assets:
-            chunk.listed = list_chunk_assets(hook, _lanes(rows))
+            chunk.prepare(rows)
         todo = _submit_in_rounds(rows, retry_delays, chunk.submit_round)
     except BaseException:
         # Rows this attempt holds (waiting for a retry) and rows it never reached.

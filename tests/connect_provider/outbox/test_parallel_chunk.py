@@ -12,6 +12,7 @@ from typing import Any
 
 from connect_project.demo import seed_demo_changes
 from connect_provider import actions
+from connect_provider.arguments import request_arguments
 from connect_provider.hooks.connect import ConnectHook
 from connect_provider.outbox import Outbox, processing
 from outbox_factory import FaultProxy, _stats, purchase_payload
@@ -215,3 +216,23 @@ def test_two_parallel_attempts_of_one_run_create_each_request_once(sandbox, outb
     assert stats["requests_created"] == 24 and stats["calls_by_route"]["POST /requests"] == 24
     assert len({row.connect_request_id for row in rows}) == 24
     assert {row.status for row in rows} == {"submitted"}
+
+
+def test_a_purchase_asks_nothing_its_chunk_has_looked_up_before_its_rows(sandbox) -> None:
+    # actions.purchase_look_ups names the look-ups a purchase makes in the shape it makes them;
+    # if the two drifted apart, the chunk's preparation would ask Connect for nothing.
+    spec = request_arguments("purchase", {**purchase_payload(), "asset_external_id": "warm-1"}).checked()
+    lookups = processing.ChunkLookups(ConnectHook())
+    for name, args, kwargs in actions.purchase_look_ups(spec):
+        getattr(lookups, name)(*args, **kwargs)
+    before = dict(_stats(sandbox)["calls_by_route"])
+
+    actions.run_action(lookups, "purchase", {**purchase_payload(), "asset_external_id": "warm-1"})
+
+    routes = _stats(sandbox)["calls_by_route"]
+    assert before["GET /marketplaces"] == 1 and before["GET /tier/accounts"] == 2
+    configuration = ("GET /marketplaces", "GET /products/{product_id}/connections", "GET /tier/accounts")
+    assert {route: routes[route] for route in configuration} == {
+        route: before[route] for route in configuration
+    }
+    assert routes["POST /requests"] == 1
