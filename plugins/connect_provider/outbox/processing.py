@@ -10,7 +10,9 @@ that needs no task context (tested with a sandbox and no DAG run; the fourth, fo
 3. :func:`submit_chunk` runs each row of a chunk through :func:`connect_provider.actions.run_action`
    and writes the result back row by row: the request id and status, or ``rejected`` with the
    reason when the input is wrong, or the row goes back to ``pending`` (with the error) when Connect
-   could not be reached, for the next run to retry.
+   could not be reached, for the next run to retry. As the DAG calls it, a chunk finds its rows'
+   assets in one listing per product and works on ``concurrency`` rows side by side, never two of
+   one asset (a chunk at Connect's latency is bound by its calls in flight, not by the client).
 
 Why this is safe to run twice: a claim holds a row for one run (token = DAG id + run id, so a task
 retry of the same run gets its own rows back); within the run, each task attempt takes a row under
