@@ -17,9 +17,13 @@ Each mode runs in its own fresh process with its own metadata DB and SQLite outb
    without it.
 
 At latency the report adds the floor: ``calls x L / parallel calls``, the time the calls alone
-take when ``parallel`` of them run at once: 1 as ``dag.test()`` runs the mapped chunks (one task
-instance after another, the rows of a chunk one after another), and the slots of the
-``cloudblue_connect_api`` pool (4) as a scheduler runs them.
+take when ``parallel`` of them run at once: 1 (the DAG before its chunks ran rows side by side),
+and 4, what the DAG makes now: each ``submit_chunk`` works on ``CONNECT_CHANGES_CONCURRENCY`` (4)
+rows at once and takes as many slots of the 4-slot ``cloudblue_connect_api`` pool, so 4 calls at
+once both as ``dag.test()`` runs the mapped chunks (one task instance after another) and as a
+scheduler does (one chunk in the pool at a time). ``max_in_flight`` is the sandbox's count of the
+most calls it served at once since the mode's reset (set-up included, which runs its calls one
+after another but for the pages of a listing).
 
 Modes: ``chunked`` is the DAG as shipped (``chunk_size`` 100: N/100 mapped task instances);
 ``per_change`` is the same DAG with ``chunk_size`` 1, i.e. one task instance per change, the
@@ -180,6 +184,7 @@ def child(mode: str, n: int, sandbox_url: str, latency_ms: float = 0.0) -> dict:
         "no_duplicate_request": created == len(set(request_ids))
         and len(request_ids) == len(set(request_ids)),
         "none_left_behind": counts["pending"] == 0 and counts["submitted"] == 0,
+        "max_in_flight": after.get("max_in_flight"),
         **floors(calls, latency_ms, wall),
     }
 

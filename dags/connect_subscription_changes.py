@@ -8,7 +8,9 @@ claim -> chunk -> submit_chunk (mapped over chunks, in the ``cloudblue_connect_a
 * ``submit_chunk`` creates (or reuses) each row's request and writes back the request id and
   status; invalid input makes the row ``rejected`` with the reason, the other rows go on. Each
   task attempt holds the row it works on under its own token, so a retry never creates a request
-  that an earlier attempt, still running, is creating.
+  that an earlier attempt, still running, is creating. A chunk finds its rows' assets in one
+  listing and works on ``CONNECT_CHANGES_CONCURRENCY`` rows side by side (default 4, at most the
+  connection's ``max_concurrency``; never two rows of one asset), taking as many pool slots.
 * ``follow`` re-checks the submitted rows in reschedule mode (no worker slot held between pokes)
   until Connect has decided them or ``follow_timeout_seconds`` after the run started; rows still
   open stay ``submitted`` and the next run follows them. A row whose request cannot be found is
@@ -115,14 +117,17 @@ def connect_subscription_changes() -> None:
     def split(claimed: dict, params: dict | None = None) -> list[dict]:
         return processing.chunk_claim(claimed, (params or {})["chunk_size"])
 
-    @task(pool=API_POOL)
-    def submit_chunk(chunk: dict, params: dict | None = None) -> dict:
+    # Each chunk submits ``concurrency`` rows side by side, so it takes as many slots of the pool:
+    # the pool keeps bounding the calls to Connect across chunks and DAGs.
+    @task(pool=API_POOL, pool_slots=SETTINGS.concurrency)
+    def submit_chunk(chunk: dict, concurrency: int, params: dict | None = None) -> dict:
         p = params or {}
         return processing.submit_claimed_chunk(
             chunk,
             connect_conn_id=p["connect_conn_id"],
             changes_conn_id=p["changes_conn_id"],
             lease_seconds=p["lease_seconds"],
+            concurrency=concurrency,
         )
 
     @task.sensor(
@@ -144,7 +149,7 @@ def connect_subscription_changes() -> None:
         return PokeReturnValue(is_done=done, xcom_value=counts)
 
     chunks = split(claim())
-    submitted = submit_chunk.expand(chunk=chunks)
+    submitted = submit_chunk.partial(concurrency=SETTINGS.concurrency).expand(chunk=chunks)
     if not FOLLOW_BY_EVENTS:
         submitted >> follow()
 

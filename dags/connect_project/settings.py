@@ -18,7 +18,7 @@ from typing import Any
 
 from connect_provider import validation as v
 from connect_provider.outbox.follow import DEFAULT_FOLLOW_TIMEOUT, DEFAULT_MAX_MISSING_CHECKS
-from connect_provider.outbox.processing import DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE
+from connect_provider.outbox.processing import DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE, DEFAULT_CONCURRENCY
 from connect_provider.outbox.table import DEFAULT_LEASE_SECONDS
 
 
@@ -38,6 +38,8 @@ class DagSettings:
     follow_timeout_seconds: int
     follow_poke_seconds: float
     max_missing_checks: int = DEFAULT_MAX_MISSING_CHECKS
+    #: Rows one ``submit_chunk`` task works on side by side; the task takes as many pool slots.
+    concurrency: int = DEFAULT_CONCURRENCY
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> DagSettings:
@@ -63,6 +65,9 @@ class DagSettings:
             max_missing_checks=v.positive_int(
                 "CONNECT_CHANGES_MAX_MISSING_CHECKS",
                 env.get("CONNECT_CHANGES_MAX_MISSING_CHECKS", DEFAULT_MAX_MISSING_CHECKS),
+            ),
+            concurrency=v.positive_int(
+                "CONNECT_CHANGES_CONCURRENCY", env.get("CONNECT_CHANGES_CONCURRENCY", DEFAULT_CONCURRENCY)
             ),
         )
 

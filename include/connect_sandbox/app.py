@@ -77,6 +77,15 @@ class SandboxMiddleware:
             await self.app(scope, receive, send)
             return
         self.store.count_call(self._route_label(scope))
+        self.store.call_started()
+        try:
+            await self._serve(scope, receive, send)
+        finally:
+            self.store.call_finished()
+
+    async def _serve(
+        self, scope: dict, receive: Callable[[], Awaitable[dict]], send: Callable[[dict], Awaitable[None]]
+    ) -> None:
         refusal = _unauthorized(scope)
         if refusal is not None:
             await refusal(scope, receive, send)

@@ -74,6 +74,9 @@ class Store(Lifecycle, UsageFiles):
             self.file_counter = itertools.count(FIRST_GENERATED_FILE)
             self.stats_created = Counter()
             self.calls: Counter[str] = Counter()
+            # Calls served now are not forgotten by a reset: only the most at once starts again.
+            self.in_flight: int = getattr(self, "in_flight", 0)
+            self.max_in_flight = self.in_flight
             self.faults: Counter[str] = Counter({"429": 0, "500": 0, "drop": 0})
             if self.seed_name == "demo":
                 self._load_demo()
@@ -152,11 +155,26 @@ class Store(Lifecycle, UsageFiles):
                 "calls": sum(self.calls.values()),
                 "calls_by_route": dict(self.calls),
                 "faults_injected": dict(self.faults),
+                "max_in_flight": self.max_in_flight,
             }
 
     def count_call(self, route: str) -> None:
         with self.lock:
             self.calls[route] += 1
+
+    def call_started(self) -> None:
+        """One public call more being served; the most at once since the reset is kept.
+
+        Why: a client that claims to run N calls side by side can be checked from the stats
+        (``max_in_flight``), with no timing in the test.
+        """
+        with self.lock:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+
+    def call_finished(self) -> None:
+        with self.lock:
+            self.in_flight -= 1
 
     def count_fault(self, kind: str) -> None:
         with self.lock:

@@ -75,7 +75,7 @@ from connect_provider.exceptions import (
     ConnectRequestStateError,
     ConnectValidationError,
 )
-from connect_provider.rql import R
+from connect_provider.rql import R, render_value
 
 if TYPE_CHECKING:
     from connect_provider.hooks.connect import ConnectHook
@@ -94,8 +94,10 @@ __all__ = [
     "default_asset_external_uid",
     "default_tier_external_uid",
     "fail",
+    "find_assets_by_external_id",
     "inquire",
     "purchase",
+    "purchase_look_ups",
     "run",
     "run_action",
     "suspend_resume",
@@ -237,6 +239,57 @@ def _resolve_asset(hook: ConnectHook, ref: AssetArgs) -> dict[str, Any]:
             candidates=[str(a.get("id")) for a in found],
         )
     return found[0]
+
+
+#: External ids per ``GET /assets?in(external_id,(...))``, and the characters they may add to the
+#: URL: one listing stays well under the 8 KB that servers and proxies commonly accept.
+ASSETS_PER_LOOKUP = 100
+ASSET_LOOKUP_CHARS = 3000
+
+
+def find_assets_by_external_id(
+    hook: ConnectHook, external_ids: Iterable[str], *, product_id: str | None = None
+) -> dict[str, list[dict[str, Any]]]:
+    """The assets of many external ids in few listings: ``{external_id: [asset, ...]}``.
+
+    Why: finding each row's asset by its own ``GET /assets`` makes a batch of changes cost a
+    look-up per row; one ``in(external_id,(...))`` listing (with the product, when given: the
+    purchase's own filter) answers a whole chunk, paged lazily through the hook. Every id asked
+    for is a key (an empty list: no such asset), in the listing's order, as
+    :meth:`ConnectHook.find_assets` would have returned them one id at a time. Ids RQL cannot quote
+    are left out (their own look-up refuses them with the reason).
+    """
+    wanted: list[str] = []
+    for external_id in dict.fromkeys(str(x) for x in external_ids):
+        try:
+            render_value(external_id, field="external_id")
+        except ConnectValidationError:
+            continue
+        wanted.append(external_id)
+    found: dict[str, list[dict[str, Any]]] = {x: [] for x in wanted}
+    for part in _url_sized(wanted):
+        query = R(external_id__in=part)
+        if product_id is not None:
+            query = query & R(product__id=product_id)
+        for asset in hook.iter_items("/assets", query):
+            matches = found.get(str(asset.get("external_id")))
+            if matches is not None:
+                matches.append(asset)
+    return found
+
+
+def _url_sized(values: list[str]) -> Iterable[list[str]]:
+    """``values`` cut into runs of at most ASSETS_PER_LOOKUP and about ASSET_LOOKUP_CHARS characters."""
+    part: list[str] = []
+    size = 0
+    for value in values:
+        if part and (len(part) >= ASSETS_PER_LOOKUP or size + len(value) > ASSET_LOOKUP_CHARS):
+            yield part
+            part, size = [], 0
+        part.append(value)
+        size += len(value) + 1
+    if part:
+        yield part
 
 
 def _purchase_for_existing_asset(
@@ -601,6 +654,24 @@ def _purchase_payload(hook: ConnectHook, spec: PurchaseArgs) -> dict[str, Any]:
     if spec.tier2 is not None:
         tiers["tier2"] = _tier_payload(hook, spec.tier2, spec.hub_id)
     return spec.connect_payload(marketplace_id=mp["id"], connection_id=connection_id, tiers=tiers)
+
+
+def purchase_look_ups(spec: PurchaseArgs) -> list[tuple[str, tuple[Any, ...], dict[str, Any]]]:
+    """The configuration look-ups a purchase's create makes, as ``(hook method, args, kwargs)``.
+
+    The calls :func:`_purchase_payload` makes, in the same shape (a batch of purchases that
+    remembers them answers its rows from them): the marketplace, the connection unless
+    ``connection_id`` is given, and the tier accounts of tiers without ``external_uid``. Why: a
+    batch can make them all at once before its rows, instead of its first purchase making them
+    one after another while the others wait for the answers.
+    """
+    calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = [("find_marketplace", (spec.marketplace,), {})]
+    if spec.connection_id is None:
+        calls.append(("find_connection", (spec.product_id, spec.hub_id, spec.connection_type), {}))
+    for tier in (spec.customer, spec.tier1, spec.tier2):
+        if tier is not None and not tier.get("external_uid"):
+            calls.append(("find_tier_account", (tier["external_id"],), {"hub_id": spec.hub_id}))
+    return calls
 
 
 def _own_purchase(hook: ConnectHook, spec: PurchaseArgs) -> dict[str, Any] | None:

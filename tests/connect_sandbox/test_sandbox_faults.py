@@ -6,7 +6,9 @@ import http.client
 import json
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit
 
 import pytest
@@ -49,6 +51,24 @@ def test_injected_faults_are_counted_in_stats(api, sandbox) -> None:
     assert stats["faults_injected"]["500"] == seen.count(500)
     assert stats["faults_injected"]["drop"] == 0
     assert stats["calls_by_route"]["GET /hubs"] == 20
+
+
+def test_the_most_calls_served_at_once_are_counted_in_stats(api, sandbox) -> None:
+    # Why in the stats: a client that says it makes N calls side by side is checked by counting.
+    statuses(api, 3)
+    assert sandbox.admin("GET", "stats")["max_in_flight"] == 1
+    sandbox.set_faults("latency_ms=300")
+    barrier = threading.Barrier(3)
+
+    def call(_: int) -> int:
+        barrier.wait()
+        return api.get("/hubs").status_code
+
+    with ThreadPoolExecutor(3) as pool:
+        assert list(pool.map(call, range(3))) == [200] * 3
+    assert sandbox.admin("GET", "stats")["max_in_flight"] == 3
+    sandbox.reset()
+    assert sandbox.admin("GET", "stats")["max_in_flight"] == 0
 
 
 def _post_raw(api_url: str, path: str, body: dict) -> BaseException | int:

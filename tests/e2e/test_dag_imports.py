@@ -104,3 +104,10 @@ def test_the_action_form_offers_the_five_actions_with_titled_fields(dags) -> Non
     ):
         param = params.get_param(name)
         assert param.schema.get("title") and param.description, name
+
+
+def test_each_chunk_takes_as_many_pool_slots_as_rows_it_submits_side_by_side(dags) -> None:
+    submit = dags["connect_subscription_changes"].task_dict["submit_chunk"]
+    assert submit.pool == "cloudblue_connect_api"
+    assert submit.partial_kwargs["pool_slots"] == 4
+    assert submit.partial_kwargs["op_kwargs"]["concurrency"] == 4

@@ -19,7 +19,7 @@ import logging
 import re
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from connect_provider import validation as v
@@ -31,7 +31,7 @@ from connect_provider.exceptions import (
     ConnectError,
     ConnectValidationError,
 )
-from connect_provider.outbox.processing import rejection_reason, shorten
+from connect_provider.outbox.processing import Counts, rejection_reason, shorten
 from connect_provider.outbox.table import Change, ChangeStatus, Outbox, Outcome
 from connect_provider.rql import R, render_value
 
@@ -52,7 +52,7 @@ DEFAULT_MAX_MISSING_CHECKS = 5
 
 
 @dataclass
-class FollowReport:
+class FollowReport(Counts):
     """What one pass over the open rows found (the follow task's XCom)."""
 
     checked: int = 0
@@ -63,9 +63,6 @@ class FollowReport:
     missing: int = 0  # requests Connect did not return this pass (the row stays open, with the reason)
     missing_failed: int = 0  # of those, rows marked failed: not found in max_missing_checks checks in a row
     unfollowable: int = 0  # rows marked failed: their request id cannot be looked up at all
-
-    def to_dict(self) -> dict[str, int]:
-        return asdict(self)
 
 
 def outcome_of(change: Change, request: Mapping[str, Any]) -> Outcome:

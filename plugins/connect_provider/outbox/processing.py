@@ -10,7 +10,9 @@ that needs no task context (tested with a sandbox and no DAG run; the fourth, fo
 3. :func:`submit_chunk` runs each row of a chunk through :func:`connect_provider.actions.run_action`
    and writes the result back row by row: the request id and status, or ``rejected`` with the
    reason when the input is wrong, or the row goes back to ``pending`` (with the error) when Connect
-   could not be reached, for the next run to retry.
+   could not be reached, for the next run to retry. As the DAG calls it, a chunk finds its rows'
+   assets in one listing per product and works on ``concurrency`` rows side by side, never two of
+   one asset (a chunk at Connect's latency is bound by its calls in flight, not by the client).
 
 Why this is safe to run twice: a claim holds a row for one run (token = DAG id + run id, so a task
 retry of the same run gets its own rows back); within the run, each task attempt takes a row under
@@ -33,14 +35,18 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from connect_provider import actions
 from connect_provider import validation as v
+from connect_provider.arguments import ActionArgs, AssetArgs, PurchaseArgs, request_arguments
 from connect_provider.config import CHANGES_DB_CONN_ID, DEFAULT_CONN_ID
 from connect_provider.enums import RequestStatus
 from connect_provider.exceptions import (
@@ -69,6 +75,10 @@ log = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZE = 2000
 DEFAULT_CHUNK_SIZE = 100
+#: Rows of a chunk worked on side by side: the connection's ``max_concurrency`` default
+#: (``connect_provider.hooks.paging.DEFAULT_MAX_CONCURRENCY``, not imported here: the DAG file
+#: imports this module, and the hook's module is heavy to import when a DAG is parsed).
+DEFAULT_CONCURRENCY = 4
 #: Airflow's default ``[core] max_map_length``: a mapped task expands over at most this many values.
 MAX_CHUNKS = 1024
 #: Pauses before a chunk tries its transiently failed rows again (on top of the hook's own retries).
@@ -117,7 +127,15 @@ def chunk_claim(
 
 
 @dataclass
-class ChunkReport:
+class Counts:
+    """Counters of one step of the outbox pipeline, as its task's XCom (counts only, no rows)."""
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+@dataclass
+class ChunkReport(Counts):
     """Counts of what one chunk did (the mapped task's XCom)."""
 
     claimed: int = 0
@@ -130,9 +148,6 @@ class ChunkReport:
     reused: int = 0
     skipped: int = 0  # ids no longer held by this token (already written back, or taken over)
     held_elsewhere: int = 0  # rows another attempt of this run is working on: left to it
-
-    def to_dict(self) -> dict[str, int]:
-        return asdict(self)
 
 
 def arguments_for(change: Change) -> dict[str, Any]:
@@ -267,6 +282,30 @@ def lease_covers_a_create(hook: ConnectHook, lease_seconds: float) -> None:
         )
 
 
+class _SharedMemo:
+    """The remembered configuration look-ups of one chunk, shared by the threads of that chunk.
+
+    Why a lock per key: the chunk's first rows start side by side and all need the same
+    marketplace; one of them asks Connect, the others wait for its answer instead of asking too.
+    A failed look-up is not remembered (the next row asks again).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._values: dict[tuple[Any, ...], Any] = {}
+        self._key_locks: dict[tuple[Any, ...], threading.Lock] = {}
+
+    def get(self, key: tuple[Any, ...], compute: Callable[[], Any]) -> Any:
+        """A copy of the value remembered for ``key``, computed once."""
+        with self._lock:
+            key_lock = self._key_locks.setdefault(key, threading.Lock())
+        with key_lock:
+            if key not in self._values:
+                self._values[key] = compute()
+            value = self._values[key]
+        return copy.deepcopy(value)
+
+
 class ChunkLookups:
     """The hook of one chunk, remembering Connect's configuration look-ups for that chunk.
 
@@ -274,15 +313,16 @@ class ChunkLookups:
     before it creates anything, and a chunk's purchases mostly share them; asking Connect again for
     each row would triple the calls of a purchase. Only those read-only look-ups of configuration
     are remembered (a failed look-up is not), for the few minutes a chunk lasts; assets and
-    requests are always read fresh, since they are what the chunk changes. Every other attribute
-    is the hook's own.
+    requests are read fresh, since they are what the chunk changes (the chunk's one listing of its
+    assets, :class:`_ListedAsset`, is read right before the rows). Every other attribute is the
+    hook's own. The threads of one chunk each have their own hook and share one ``memo``.
     """
 
     CACHED = frozenset({"find_marketplace", "find_connection", "find_tier_account"})
 
-    def __init__(self, hook: ConnectHook) -> None:
+    def __init__(self, hook: ConnectHook, memo: _SharedMemo | None = None) -> None:
         self._hook = hook
-        self._memo: dict[tuple[Any, ...], Any] = {}
+        self._memo = memo or _SharedMemo()
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self._hook, name)
@@ -291,14 +331,58 @@ class ChunkLookups:
 
         def remembered(*args: Any, **kwargs: Any) -> Any:
             key = (name, args, tuple(sorted(kwargs.items())))
-            if key not in self._memo:
-                self._memo[key] = attr(*args, **kwargs)
-            return copy.deepcopy(self._memo[key])
+            return self._memo.get(key, lambda: attr(*args, **kwargs))
 
         return remembered
 
     def __repr__(self) -> str:
         return f"ChunkLookups({self._hook!r})"
+
+
+@dataclass(frozen=True)
+class _Listed:
+    """What the chunk's asset listing found for one row: the look-up it stands for, and its answer."""
+
+    product_id: str | None
+    external_id: str
+    assets: list[dict[str, Any]]
+
+
+class _ListedAsset:
+    """One row's hook while the chunk's listing of its asset is unused: it answers the row's first look-up.
+
+    The row's first ``find_assets`` that asks what the listing asked (same external id, same
+    product filter) gets the listed assets, narrowed by ``external_uid`` as Connect would; any
+    other look-up, and every later one (the look-up after an ambiguous create must see what that
+    create made), goes to Connect. So does the look-up of assets another row of the chunk has
+    worked on since the listing (``untouched`` says no: a row named by ``asset_id`` may act on an
+    asset listed under its external id); the listing is then stale, and Connect says what is.
+    """
+
+    def __init__(self, hook: Any, listed: _Listed | None, untouched: Callable[[list[str]], bool]) -> None:
+        self._hook = hook
+        self._listed = listed
+        self._untouched = untouched
+
+    def find_assets(
+        self, external_id: str | None = None, external_uid: str | None = None, product_id: str | None = None
+    ) -> list[dict[str, Any]]:
+        listed, self._listed = self._listed, None
+        if (
+            listed is not None
+            and (listed.external_id, listed.product_id) == (external_id, product_id)
+            and self._untouched([str(a.get("id")) for a in listed.assets])
+        ):
+            matching = [
+                a for a in listed.assets if external_uid is None or a.get("external_uid") == external_uid
+            ]
+            return copy.deepcopy(matching)
+        return self._hook.find_assets(
+            external_id=external_id, external_uid=external_uid, product_id=product_id
+        )
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._hook, name)
 
 
 class _HeldRowHook:
@@ -331,6 +415,218 @@ class _HeldRowHook:
         return f"_HeldRowHook({self._hook!r})"
 
 
+def asset_lane(change: Change) -> tuple[str, Any]:
+    """The asset a row acts on, as far as the row says: rows of one lane are never in flight together.
+
+    Why: the claim keeps changes of one ``asset_external_id`` column in order, but rows that name
+    their asset only in the payload are not ordered by it; a chunk that runs rows side by side
+    keeps each asset's rows one after the other, in id order. A row whose arguments cannot be
+    read (it is rejected before any call) is a lane of its own.
+    """
+    try:
+        arguments = arguments_for(change)
+    except ConnectValidationError:
+        return ("row", change.id)
+    for key in ("asset_id", "asset_external_id"):
+        if arguments.get(key) not in (None, ""):
+            return (key, str(arguments[key]))
+    return ("row", change.id)
+
+
+def _lanes(rows: Sequence[Change]) -> list[list[Change]]:
+    """The rows grouped by :func:`asset_lane`, each lane in id order, lanes by their first row."""
+    lanes: dict[tuple[str, Any], list[Change]] = {}
+    for change in sorted(rows, key=lambda c: c.id):
+        lanes.setdefault(asset_lane(change), []).append(change)
+    return list(lanes.values())
+
+
+def _checked(change: Change) -> ActionArgs | None:
+    """The row's checked arguments, or None when its input is refused (it is rejected, no call)."""
+    try:
+        return request_arguments(change.change_type, arguments_for(change)).checked()
+    except ConnectValidationError:
+        return None
+
+
+def _asset_look_up(args: ActionArgs) -> tuple[str | None, str] | None:
+    """(product filter, external id) of the row's first asset look-up, or None when it makes none.
+
+    A purchase that may reuse an existing asset looks its external id up within its product;
+    a change, suspend, resume or cancel named by external id looks it up alone. Rows named by
+    ``asset_id`` make a ``GET /assets/{id}``, not a listing.
+    """
+    if isinstance(args, PurchaseArgs):
+        return (args.product_id, str(args.asset_external_id)) if args.reuse_existing_request else None
+    if isinstance(args, AssetArgs) and not args.asset_id and args.asset_external_id:
+        return (None, str(args.asset_external_id))
+    return None
+
+
+def _preparations(chunk: _ChunkRun, rows: Sequence[Change]) -> list[Callable[[], None]]:
+    """What a chunk reads before its rows: one asset listing per product filter, for the first row
+    of every lane, and every distinct configuration look-up of its purchases."""
+    firsts = {lane[0].id: args for lane in _lanes(rows) if (args := _checked(lane[0])) is not None}
+    wanted = {row_id: look_up for row_id, args in firsts.items() if (look_up := _asset_look_up(args))}
+    by_product: dict[str | None, list[str]] = {}
+    for product_id, external_id in wanted.values():
+        by_product.setdefault(product_id, []).append(external_id)
+    calls = dict.fromkeys(
+        (name, call_args, tuple(sorted(kwargs.items())))
+        for args in firsts.values()
+        if isinstance(args, PurchaseArgs)
+        for name, call_args, kwargs in actions.purchase_look_ups(args)
+    )
+    listings = [partial(chunk.list_assets, product, ids, wanted) for product, ids in by_product.items()]
+    return [*listings, *(partial(chunk.look_up, *call) for call in calls)]
+
+
+class _ChunkRun:
+    """One attempt at a chunk: its shared state, and each thread's own hook and outbox.
+
+    Why one outbox and one hook per thread: a DB-API connection and a requests Session serve one
+    thread. The report's counters are updated under a lock; the configuration look-ups are shared
+    (:class:`_SharedMemo`). With ``concurrency`` 1 everything runs in the caller's thread, on the
+    outbox and hook it gave.
+    """
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        hook: ConnectHook,
+        token: str,
+        attempt: str,
+        run: Callable[[ConnectHook, str, Mapping[str, Any]], actions.ActionResult],
+        *,
+        concurrency: int,
+        hook_factory: Callable[[], ConnectHook],
+    ) -> None:
+        self.outbox, self.hook, self.token, self.attempt, self.run = outbox, hook, token, attempt, run
+        self.concurrency = concurrency
+        self.report = ChunkReport()
+        self.listed: dict[int, _Listed] = {}
+        self._hook_factory = hook_factory
+        self._memo = _SharedMemo()
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        self._opened: list[tuple[Outbox, ConnectHook]] = []
+        self._touched: set[str] = set()
+
+    def count(self, field: str) -> None:
+        with self._lock:
+            setattr(self.report, field, getattr(self.report, field) + 1)
+
+    def _resources(self) -> tuple[Outbox, ChunkLookups]:
+        """This thread's outbox and hook (the caller's own when the chunk runs in one thread)."""
+        if self.concurrency == 1:
+            return self.outbox, ChunkLookups(self.hook, self._memo)
+        own = getattr(self._local, "own", None)
+        if own is None:
+            own = self._local.own = (self.outbox.sibling(), self._hook_factory())
+            with self._lock:
+                self._opened.append(own)
+        return own[0], ChunkLookups(own[1], self._memo)
+
+    def touch(self, asset_ids: list[str], *, unless_touched: bool = False) -> bool:
+        """Note that a row works on these assets; with ``unless_touched``, only if no row did yet.
+
+        Why: the chunk's listing of its assets was read before its rows changed them; a row that
+        would use it for an asset another row has worked on looks that asset up afresh instead.
+        """
+        with self._lock:
+            if unless_touched and not self._touched.isdisjoint(asset_ids):
+                return False
+            self._touched.update(asset_ids)
+        return True
+
+    def prepare(self, rows: Sequence[Change]) -> None:
+        """Before the rows, side by side: the chunk's asset listings and its purchases' look-ups.
+
+        Why side by side: they do not depend on each other, and one after the other they would
+        hold every lane up for a round trip each (a listing per product filter; the marketplace,
+        connection and tier accounts that the first purchase would otherwise ask for in turn).
+        """
+        jobs = _preparations(self, rows)
+        if self.concurrency == 1:
+            for job in jobs:
+                job()
+            return
+        with ThreadPoolExecutor(self.concurrency, thread_name_prefix="connect-chunk-prep") as pool:
+            list(pool.map(lambda job: job(), jobs))
+
+    def list_assets(
+        self, product_id: str | None, external_ids: list[str], wanted: Mapping[int, tuple[str | None, str]]
+    ) -> None:
+        """One listing of the chunk's assets; one that fails (but for a refused API key) is logged,
+        and its rows look their assets up themselves, failing with their own reasons."""
+        hook = self._resources()[1]
+        try:
+            found = actions.find_assets_by_external_id(hook, external_ids, product_id=product_id)
+        except ConnectAuthError:
+            raise
+        except Exception as exc:
+            log.warning(
+                "Listing the assets of %d change(s) failed; each looks its asset up itself: %s",
+                len(external_ids),
+                exc,
+            )
+            return
+        for row_id, (product, external_id) in wanted.items():
+            if product == product_id and external_id in found:
+                self.listed[row_id] = _Listed(product, external_id, found[external_id])
+
+    def look_up(self, name: str, args: tuple[Any, ...], kwargs: tuple[tuple[str, Any], ...]) -> None:
+        """One configuration look-up, remembered for the rows; a failed one is left to the rows."""
+        try:
+            getattr(self._resources()[1], name)(*args, **dict(kwargs))
+        except ConnectAuthError:
+            raise
+        except Exception as exc:
+            log.info(
+                "Look-up %s%r failed before the rows; the rows that need it ask again: %s", name, args, exc
+            )
+
+    def submit(self, change: Change) -> str | None:
+
+        outbox, lookups = self._resources()
+        listed = self.listed.pop(change.id, None)
+
+        def untouched(asset_ids: list[str]) -> bool:
+            return self.touch(asset_ids, unless_touched=True)
+
+        return _submit_one(outbox, _ListedAsset(lookups, listed, untouched), self, change)
+
+    def submit_round(self, todo: Sequence[Change]) -> list[tuple[Change, str]]:
+        """Every row of ``todo``, ``concurrency`` lanes at a time; the rows to try again, with why."""
+        stop = threading.Event()
+
+        def lane_worker(lane: Sequence[Change]) -> list[tuple[Change, str]]:
+            failed = []
+            for change in lane:
+                if stop.is_set():
+                    break  # the chunk stops: rows not reached are released with the rest
+                try:
+                    error = self.submit(change)
+                except BaseException:
+                    stop.set()
+                    raise
+                if error is not None:
+                    failed.append((change, error))
+            return failed
+
+        if self.concurrency == 1:  # one lane: every row in id order, which keeps each asset's too
+            return lane_worker(sorted(todo, key=lambda c: c.id))
+        with ThreadPoolExecutor(self.concurrency, thread_name_prefix="connect-chunk") as pool:
+            futures = [pool.submit(lane_worker, lane) for lane in _lanes(todo)]
+        # Every lane has ended here: an error is raised only once no row is in flight.
+        return [pair for future in futures for pair in future.result()]
+
+    def close(self) -> None:
+        for outbox, hook in self._opened:
+            outbox.close()
+            hook.close()
+
+
 def submit_chunk(
     outbox: Outbox,
     hook: ConnectHook,
@@ -341,6 +637,9 @@ def submit_chunk(
     retry_delays: Sequence[float] = DEFAULT_RETRY_DELAYS,
     lease_seconds: float = DEFAULT_LEASE_SECONDS,
     attempt_id: str | None = None,
+    concurrency: int = 1,
+    batch_assets: bool = False,
+    hook_factory: Callable[[], ConnectHook] | None = None,
 ) -> ChunkReport:
     """Create the Connect request of every row of the chunk still held by the run ``token``.
 
@@ -349,87 +648,101 @@ def submit_chunk(
     right before the create, so an earlier attempt still running (a zombie) and this one never
     both create a row's request: a row another attempt holds is left to it (``held_elsewhere``).
 
-    Each row is written back as soon as its request exists, so a crash loses at most the row in
-    flight (whose request the next run finds and reuses). A per-row error never stops the
+    Each row is written back as soon as its request exists, so a crash loses at most the rows in
+    flight (whose requests the next run finds and reuses). A per-row error never stops the
     chunk: invalid input rejects the row; a transient error (Connect unreachable, 5xx, 429 after
     the hook's own retries) is tried again after each of ``retry_delays``, and a row still failing
     then goes back to ``pending`` with the error, for the next run. An authentication error stops
     the chunk (every row would fail the same way): its rows are released and the error is raised.
+
+    ``concurrency`` rows go side by side (at most the connection's ``max_concurrency``), each
+    thread with an outbox and a hook of its own (``hook_factory``; default: a new ``ConnectHook``
+    of ``hook``'s connection), never two rows of one asset (:func:`asset_lane`). ``batch_assets``:
+    one asset listing per product, and the configuration look-ups, first (:meth:`_ChunkRun.prepare`).
     """
-    run = run or actions.run_action
-    report = ChunkReport()
     hook.get_conn()  # a broken connection fails the task here, instead of rejecting every row
     lease_covers_a_create(hook, lease_seconds)
-    attempt = attempt_token(token, attempt_id or uuid.uuid4().hex[:16])
-    lookups = ChunkLookups(hook)
+    chunk = _ChunkRun(
+        outbox,
+        hook,
+        token,
+        attempt_token(token, attempt_id or uuid.uuid4().hex[:16]),
+        run or actions.run_action,
+        concurrency=min(v.positive_int("concurrency", concurrency), hook.settings.max_concurrency),
+        hook_factory=hook_factory or _hook_factory(hook),
+    )
     rows = outbox.claimed(token, ids)
-    report.claimed = len(rows)
-    report.skipped = len({int(i) for i in ids}) - len(rows)
-    errors: dict[int, str] = {}
+    chunk.report.claimed, chunk.report.skipped = len(rows), len({int(i) for i in ids}) - len(rows)
     try:
-        todo = _submit_in_rounds(rows, retry_delays, errors, lambda change: _submit_one(
-            outbox, lookups, token, attempt, change, run, report
-        ))  # fmt: skip
+        if batch_assets:
+            chunk.prepare(rows)
+        todo = _submit_in_rounds(rows, retry_delays, chunk.submit_round)
     except BaseException:
-        # Rows this attempt holds (in flight, or waiting for a retry) and rows it never reached.
+        # Rows this attempt holds (waiting for a retry) and rows it never reached.
         row_ids = [c.id for c in rows]
-        outbox.release(attempt, row_ids)
+        outbox.release(chunk.attempt, row_ids)
         outbox.release(token, row_ids)
         raise
-    for change in todo:
-        log.warning("Change %s stays pending for the next run: %s", change.id, errors[change.id])
-        outbox.release(attempt, [change.id], error=f"will retry: {errors[change.id]}")
-        report.retry_later += 1
-    return report
+    finally:
+        chunk.close()
+    _leave_to_the_next_run(outbox, chunk, todo)
+    return chunk.report
+
+
+def _leave_to_the_next_run(outbox: Outbox, chunk: _ChunkRun, todo: Sequence[tuple[Change, str]]) -> None:
+    """Release the rows still failing after the last retry, each with its error, for the next run."""
+    for change, error in todo:
+        log.warning("Change %s stays pending for the next run: %s", change.id, error)
+        outbox.release(chunk.attempt, [change.id], error=f"will retry: {error}")
+        chunk.report.retry_later += 1
+
+
+def _hook_factory(hook: ConnectHook) -> Callable[[], ConnectHook]:
+    """New hooks of ``hook``'s connection (its constructor overrides are not carried over)."""
+    from connect_provider.hooks.connect import ConnectHook
+
+    return lambda: ConnectHook(hook.connect_conn_id)
 
 
 def _submit_in_rounds(
     rows: Sequence[Change],
     retry_delays: Sequence[float],
-    errors: dict[int, str],
-    submit: Callable[[Change], str | None],
-) -> list[Change]:
+    submit_round: Callable[[Sequence[Change]], list[tuple[Change, str]]],
+) -> list[tuple[Change, str]]:
     """Submit every row, then the transiently failed ones again after each delay; the rows still
-    failing (their errors recorded in ``errors``)."""
+    failing, with their last errors."""
     todo = list(rows)
+    failed: list[tuple[Change, str]] = []
     for round_, delay in enumerate([0.0, *retry_delays]):
         if not todo:
             break
         if round_:
             log.info("Retrying %d change(s) after a transient error, in %.1fs.", len(todo), delay)
             time.sleep(delay)
-        failed: list[Change] = []
-        for change in todo:
-            error = submit(change)
-            if error is not None:
-                errors[change.id] = error
-                failed.append(change)
-        todo = failed
-    return todo
+        failed = submit_round(todo)
+        todo = [change for change, _ in failed]
+    return failed
 
 
-def _submit_one(
-    outbox: Outbox,
-    lookups: ChunkLookups,
-    token: str,
-    attempt: str,
-    change: Change,
-    run: Callable[[ConnectHook, str, Mapping[str, Any]], actions.ActionResult],
-    report: ChunkReport,
-) -> str | None:
+def _submit_one(outbox: Outbox, lookups: Any, chunk: _ChunkRun, change: Change) -> str | None:
     """Submit one row and write it back; returns the error text when it should be tried again."""
-    if not outbox.take(change.id, token, attempt):
-        _count_untaken(outbox, token, change, report)
+    attempt = chunk.attempt
+    if not outbox.take(change.id, chunk.token, attempt):
+        _count_untaken(outbox, chunk.token, change, chunk.count)
         return None
     hook = _HeldRowHook(lookups, lambda: outbox.hold(change.id, attempt))
     try:
         arguments = arguments_for(change)
         actions.validate_action(change.change_type, arguments)
-        result = run(hook, change.change_type, arguments)  # type: ignore[arg-type]
+        if arguments.get("asset_id"):
+            chunk.touch([str(arguments["asset_id"])])
+        result = chunk.run(hook, change.change_type, arguments)  # type: ignore[arg-type]
+        if result.asset_id:
+            chunk.touch([str(result.asset_id)])
     except ConnectAuthError:
         raise
     except _HoldLost:
-        report.lost_claim += 1
+        chunk.count("lost_claim")
         log.warning(
             "Change %s: this attempt lost its hold on the row before creating; nothing sent.", change.id
         )
@@ -441,16 +754,16 @@ def _submit_one(
         if reason is None:
             log.warning("Change %s (%s): transient error: %s", change.id, change.change_type, exc)
             return f"{type(exc).__name__}: {exc}"
-        return _reject(outbox, attempt, change, reason, report)
-    return _write_back(outbox, attempt, change, result.request_id, result.status, result.reused, report)
+        return _reject(outbox, attempt, change, reason, chunk.count)
+    return _write_back(outbox, attempt, change, result, chunk.count)
 
 
-def _count_untaken(outbox: Outbox, token: str, change: Change, report: ChunkReport) -> None:
+def _count_untaken(outbox: Outbox, token: str, change: Change, count: Callable[[str], None]) -> None:
     """Why a row could not be taken: another attempt of this run holds it, or it is gone."""
     current = outbox.get([change.id])
     holder = current[0].claim_token if current and current[0].status == ChangeStatus.PENDING.value else None
     if holder is not None and holder.startswith(f"{token}{ATTEMPT_SEPARATOR}"):
-        report.held_elsewhere += 1
+        count("held_elsewhere")
         log.warning(
             "Change %s is held by another attempt of this run (%s), which may still be creating its "
             "request: left to it (another run takes it if that attempt never writes it back).",
@@ -458,43 +771,35 @@ def _count_untaken(outbox: Outbox, token: str, change: Change, report: ChunkRepo
             holder,
         )
     else:
-        report.skipped += 1
+        count("skipped")
 
 
-def _reject(outbox: Outbox, attempt: str, change: Change, reason: str, report: ChunkReport) -> None:
+def _reject(outbox: Outbox, attempt: str, change: Change, reason: str, count: Callable[[str], None]) -> None:
     log.info("Change %s (%s) rejected: %s", change.id, change.change_type, reason)
-    if outbox.mark_rejected(change.id, attempt, reason):
-        report.rejected += 1
-    else:
-        report.lost_claim += 1
+    count("rejected" if outbox.mark_rejected(change.id, attempt, reason) else "lost_claim")
     return None
 
 
 def _write_back(
-    outbox: Outbox,
-    attempt: str,
-    change: Change,
-    request_id: str,
-    request_status: Any,
-    reused: bool,
-    report: ChunkReport,
+    outbox: Outbox, attempt: str, change: Change, result: actions.ActionResult, count: Callable[[str], None]
 ) -> None:
-    status = _row_status_of(request_status)
-    if outbox.mark_submitted(change.id, attempt, request_id, status):
-        setattr(report, status, getattr(report, status) + 1)
-        report.reused += int(reused)
+    status = _row_status_of(result.status)
+    if outbox.mark_submitted(change.id, attempt, result.request_id, status):
+        count(status)
+        if result.reused:
+            count("reused")
         log.info(
             "Change %s (%s) -> request %s (%s%s).",
             change.id,
             change.change_type,
-            request_id,
-            request_status,
-            ", reused" if reused else "",
+            result.request_id,
+            result.status,
+            ", reused" if result.reused else "",
         )
     else:
         # The lease expired and another run holds the row: it will find this same request.
-        report.lost_claim += 1
-        log.warning("Change %s: claim lost before writing back request %s.", change.id, request_id)
+        count("lost_claim")
+        log.warning("Change %s: claim lost before writing back request %s.", change.id, result.request_id)
     return None
 
 
@@ -504,17 +809,27 @@ def submit_claimed_chunk(
     connect_conn_id: str = DEFAULT_CONN_ID,
     changes_conn_id: str = CHANGES_DB_CONN_ID,
     lease_seconds: float = DEFAULT_LEASE_SECONDS,
+    concurrency: int = DEFAULT_CONCURRENCY,
 ) -> dict[str, int]:
     """:func:`submit_chunk` for a chunk from :func:`chunk_claim`, with hook and outbox by conn id.
 
-    Each call is one task attempt with its own attempt token.
+    Each call is one task attempt with its own attempt token. As the DAG runs it: ``concurrency``
+    rows side by side (the task takes as many slots of its pool) and the chunk's assets found in
+    one listing.
     """
     from connect_provider.hooks.connect import ConnectHook
 
     hook = ConnectHook(connect_conn_id)
     with Outbox.from_airflow(changes_conn_id) as outbox:
         report = submit_chunk(
-            outbox, hook, str(chunk["token"]), [int(i) for i in chunk["ids"]], lease_seconds=lease_seconds
+            outbox,
+            hook,
+            str(chunk["token"]),
+            [int(i) for i in chunk["ids"]],
+            lease_seconds=lease_seconds,
+            concurrency=concurrency,
+            batch_assets=True,
+            hook_factory=lambda: ConnectHook(connect_conn_id),
         )
     log.info("Chunk done: %s", report.to_dict())
     return report.to_dict()

@@ -312,6 +312,15 @@ class Outbox:
     def __repr__(self) -> str:
         return f"Outbox({self.description})"
 
+    def sibling(self) -> Outbox:
+        """Another instance on the same database, with a connection of its own.
+
+        Why: a DB-API connection serves one thread (SQLite's explicit transactions of two threads
+        would interleave on one connection); a chunk that submits its rows from several threads
+        gives each thread its sibling.
+        """
+        return type(self)(self.dialect, self._connect, description=self.description)
+
     def close(self) -> None:
         if self._conn is not None:
             try:

@@ -35,3 +35,19 @@ class TestTheMissingChecksBound:
     def test_a_bound_that_is_not_a_positive_whole_number_is_refused_by_name(self) -> None:
         with pytest.raises(ConnectValidationError, match="CONNECT_CHANGES_MAX_MISSING_CHECKS"):
             settings.DagSettings.from_env({"CONNECT_CHANGES_MAX_MISSING_CHECKS": "0"})
+
+
+class TestTheChunksConcurrency:
+    """The rows a ``submit_chunk`` task works on side by side: a parse-time setting, since the task
+    takes as many slots of its pool (``pool_slots`` is fixed when the DAG is parsed)."""
+
+    def test_the_default_is_the_connections_max_concurrency_default(self) -> None:
+        from connect_provider.hooks.paging import DEFAULT_MAX_CONCURRENCY
+
+        assert settings.DagSettings.from_env({}).concurrency == processing.DEFAULT_CONCURRENCY
+        assert processing.DEFAULT_CONCURRENCY == DEFAULT_MAX_CONCURRENCY
+
+    def test_it_comes_from_the_environment_checked_by_name(self) -> None:
+        assert settings.DagSettings.from_env({"CONNECT_CHANGES_CONCURRENCY": "2"}).concurrency == 2
+        with pytest.raises(ConnectValidationError, match="CONNECT_CHANGES_CONCURRENCY"):
+            settings.DagSettings.from_env({"CONNECT_CHANGES_CONCURRENCY": "0"})
