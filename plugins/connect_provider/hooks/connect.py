@@ -195,6 +195,8 @@ _MIN_SECRET_LENGTH = 4
 _HOST_EXAMPLE = f"e.g. {CONNECT_API_BASE_URL}"
 
 _F = TypeVar("_F", bound=Callable[..., Any])
+#: A page as a listing yields it: a RawPage, or the decoded list of objects.
+_P = TypeVar("_P")
 
 
 class RawPage(NamedTuple):
@@ -1593,6 +1595,19 @@ class ConnectHook(BaseHook):
                 path=path,
             ) from None
 
+    def _json_array(self, body: bytes, rel: str) -> list[Any]:
+        """The items of a collection's page; a clear error when the answer is not a JSON array.
+
+        One check for every reader of a collection (the sync pages, the async page), so a path
+        that is not a collection fails alike wherever it is read.
+        """
+        items = self._json_or_none(body, "GET", rel)
+        if not isinstance(items, list):
+            raise ConnectAPIError(
+                f"GET {rel}: expected a JSON array (a collection); check the path", method="GET", path=rel
+            )
+        return items
+
     # ------------------------------------------------------------------ generic calls
 
     @_redacting
@@ -1655,12 +1670,7 @@ class ConnectHook(BaseHook):
         body = answer.body
         content_range = parse_content_range(answer.headers.get("Content-Range"))
         if content_range is None:
-            items = self._json_or_none(body, "GET", rel)
-            if not isinstance(items, list):
-                raise ConnectAPIError(
-                    f"GET {rel}: expected a JSON array (a collection); check the path", method="GET", path=rel
-                )
-            count = len(items)
+            count = len(self._json_array(body, rel))
             total = offset + count if count < size else -1
             return RawPage(body=body, offset=offset, count=count, total=total)
         first, last, total = content_range
@@ -1811,12 +1821,7 @@ class ConnectHook(BaseHook):
             default_page_size=default_page_size,
             concurrency=concurrency,
         ):
-            items = self._json_or_none(page.body, "GET", rel)
-            if not isinstance(items, list):
-                raise ConnectAPIError(
-                    f"GET {rel}: expected a JSON array (a collection); check the path", method="GET", path=rel
-                )
-            yield items
+            yield self._json_array(page.body, rel)
 
     @_redacting
     def iter_items(
@@ -2043,24 +2048,29 @@ class ConnectHook(BaseHook):
         Up to ``concurrency`` pages are fetched side by side (default and ceiling: the
         connection's ``max_concurrency``), yielded in order, in ``ordering(created_time)``.
         """
-        _id_segment(usage_file_id, "usage_file_id")
-        return self.iter_raw_pages(
-            "/usage/records",
-            R().usagefile.id.eq(usage_file_id.strip()),
-            page_size,
-            ordering=USAGE_RECORDS_ORDERING,
-            label=f"usage records of {usage_file_id.strip()}",
-            default_page_size=USAGE_RECORDS_PAGE_SIZE,
-            concurrency=concurrency,
-        )
+        return self._usage_records(self.iter_raw_pages, usage_file_id, page_size, concurrency)
 
     @_redacting
     def iter_usage_record_pages(
         self, usage_file_id: str, page_size: int | None = None, *, concurrency: int | None = None
     ) -> Iterator[list[dict[str, Any]]]:
         """The records of a usage file, one decoded page at a time (every page, not just the first)."""
+        return self._usage_records(self.iter_pages, usage_file_id, page_size, concurrency)
+
+    def _usage_records(
+        self,
+        listing: Callable[..., Iterator[_P]],
+        usage_file_id: str,
+        page_size: int | None,
+        concurrency: int | None,
+    ) -> Iterator[_P]:
+        """The listing of one usage file's records: its filter, order, label and page size, in one place.
+
+        Both record readers (raw pages for the export, decoded pages for small files) must page
+        the same way, so the id check and the listing's options live here only.
+        """
         _id_segment(usage_file_id, "usage_file_id")
-        return self.iter_pages(
+        return listing(
             "/usage/records",
             R().usagefile.id.eq(usage_file_id.strip()),
             page_size,
@@ -2111,11 +2121,7 @@ class ConnectHook(BaseHook):
             query, select=select, ordering=ordering, limit=size, offset=int(offset)
         )
         answer = await self._acall("GET", rel, query_string=query_string)
-        items = self._json_or_none(answer.body, "GET", rel)
-        if not isinstance(items, list):
-            raise ConnectAPIError(
-                f"GET {rel}: expected a JSON array (a collection); check the path", method="GET", path=rel
-            )
+        items = self._json_array(answer.body, rel)
         content_range = parse_content_range(answer.headers.get("Content-Range"))
         total = content_range[2] if content_range is not None else -1
         return AsyncPage(items=items, offset=int(offset), total=total)
