@@ -588,6 +588,27 @@ def _bool_setting(name: str, value: Any, conn_id: str | None) -> bool:
     )
 
 
+#: The numeric settings a hook argument or the connection's extra may give, in the order they are
+#: checked: each one's check and its default when neither gives it. One table, so an argument and
+#: the extra field of the same name are always held to the same bounds.
+_NUMBER_SETTINGS: dict[str, tuple[Callable[..., Any], Any]] = {
+    "page_size": (functools.partial(_int_setting, low=1, high=MAX_PAGE_SIZE), None),
+    "timeout": (functools.partial(_float_setting, positive=True), DEFAULT_TIMEOUT),
+    "max_retries": (functools.partial(_int_setting, low=0, high=20), DEFAULT_MAX_RETRIES),
+    "max_wait": (functools.partial(_float_setting, positive=False), DEFAULT_MAX_WAIT),
+    "max_concurrency": (
+        functools.partial(_int_setting, low=1, high=MAX_CONCURRENCY),
+        DEFAULT_MAX_CONCURRENCY,
+    ),
+}
+
+
+def _number_setting(name: str, value: Any, conn_id: str | None) -> Any:
+    """``value`` of the numeric setting ``name`` checked against its bounds (``conn_id``: from an extra)."""
+    check, _ = _NUMBER_SETTINGS[name]
+    return check(name, value, conn_id=conn_id)
+
+
 def _header_problem(text: str) -> str | None:
     """Why ``text`` cannot be an HTTP header value (``http.client`` sends Latin-1), or None."""
     for char in text:
@@ -973,23 +994,16 @@ class ConnectHook(BaseHook):
         super().__init__()
         self.connect_conn_id = connect_conn_id
         # Constructor arguments are checked now (no I/O); the connection is read on first use.
-        self._page_size_arg = (
-            None if page_size is None else _int_setting("page_size", page_size, 1, MAX_PAGE_SIZE, None)
-        )
-        self._timeout_arg = (
-            None if timeout is None else _float_setting("timeout", timeout, positive=True, conn_id=None)
-        )
-        self._max_retries_arg = (
-            None if max_retries is None else _int_setting("max_retries", max_retries, 0, 20, None)
-        )
-        self._max_wait_arg = (
-            None if max_wait is None else _float_setting("max_wait", max_wait, positive=False, conn_id=None)
-        )
-        self._max_concurrency_arg = (
-            None
-            if max_concurrency is None
-            else _int_setting("max_concurrency", max_concurrency, 1, MAX_CONCURRENCY, None)
-        )
+        given = {
+            "page_size": page_size,
+            "timeout": timeout,
+            "max_retries": max_retries,
+            "max_wait": max_wait,
+            "max_concurrency": max_concurrency,
+        }
+        self._number_args: dict[str, Any] = {
+            name: _number_setting(name, value, None) for name, value in given.items() if value is not None
+        }
         self._settings: _Settings | None = None
         self._options: _HttpOptions | None = None
         self._authorization: str | None = None
@@ -1004,53 +1018,23 @@ class ConnectHook(BaseHook):
     # ------------------------------------------------------------------ connection, settings, session
 
     def _settings_from(self, conn: Any) -> _Settings:
+        """The settings of ``conn``: a number from the hook's argument, else the extra, else its default."""
         extra = conn.extra_dejson or {}
         cid = self.connect_conn_id
-
-        def pick(name: str, arg: Any, parse: Any, default: Any) -> Any:
-            if arg is not None:
-                return arg
-            raw = extra.get(name)
-            return default if raw is None or raw == "" else parse(raw)
-
         base_url, scheme_assumed = _resolve_base_url(conn)
+        numbers = dict(self._number_args)
+        for name, (_, default) in _NUMBER_SETTINGS.items():
+            if name not in numbers:
+                raw = extra.get(name)
+                numbers[name] = default if raw is None or raw == "" else _number_setting(name, raw, cid)
         verify_raw = extra.get("verify_ssl", extra.get("verify"))
         return _Settings(
             base_url=base_url,
-            page_size=pick(
-                "page_size",
-                self._page_size_arg,
-                lambda v: _int_setting("page_size", v, 1, MAX_PAGE_SIZE, cid),
-                None,
-            ),
-            timeout=pick(
-                "timeout",
-                self._timeout_arg,
-                lambda v: _float_setting("timeout", v, positive=True, conn_id=cid),
-                DEFAULT_TIMEOUT,
-            ),
-            max_retries=pick(
-                "max_retries",
-                self._max_retries_arg,
-                lambda v: _int_setting("max_retries", v, 0, 20, cid),
-                DEFAULT_MAX_RETRIES,
-            ),
-            max_wait=pick(
-                "max_wait",
-                self._max_wait_arg,
-                lambda v: _float_setting("max_wait", v, positive=False, conn_id=cid),
-                DEFAULT_MAX_WAIT,
-            ),
             verify_ssl=True
             if verify_raw is None or verify_raw == ""
             else _bool_setting("verify_ssl", verify_raw, cid),
             scheme_assumed=scheme_assumed,
-            max_concurrency=pick(
-                "max_concurrency",
-                self._max_concurrency_arg,
-                lambda v: _int_setting("max_concurrency", v, 1, MAX_CONCURRENCY, cid),
-                DEFAULT_MAX_CONCURRENCY,
-            ),
+            **numbers,
         )
 
     def _load(self, conn: Any) -> list[str]:
@@ -1639,7 +1623,7 @@ class ConnectHook(BaseHook):
 
     def _page_size(self, page_size: int | None, default: int) -> int:
         if page_size is not None:
-            return _int_setting("page_size", page_size, 1, MAX_PAGE_SIZE, None)
+            return _number_setting("page_size", page_size, None)
         return self.settings.page_size or default
 
     def _concurrency(self, concurrency: int | None) -> int:
