@@ -59,7 +59,7 @@ import re
 import ssl
 import threading
 import time
-from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple, TypeVar
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -248,10 +248,15 @@ class RetryDecision(NamedTuple):
     why: str = ""
 
 
-def _nothing_sent(exc: BaseException) -> bool:
-    """True when the request certainly never left: connecting failed (refused, DNS, connect timeout)."""
-    if isinstance(exc, requests.exceptions.ConnectTimeout):
-        return True
+def _linked_exceptions(
+    exc: BaseException, links: Callable[[BaseException], Iterable[BaseException | None]]
+) -> Iterator[BaseException]:
+    """``exc`` and every exception reachable from it through ``links``, each once, depth first.
+
+    Chains can loop (an exception its own context) and fan out (a wrapper's ``args``), so one
+    walk with a seen set serves every search of a chain: what a transport failure wraps, and
+    whether an error anywhere in its chain mentions the key.
+    """
     seen: set[int] = set()
     stack: list[BaseException | None] = [exc]
     while stack:
@@ -259,13 +264,29 @@ def _nothing_sent(exc: BaseException) -> bool:
         if current is None or id(current) in seen:
             continue
         seen.add(id(current))
-        if isinstance(current, (NewConnectionError, ConnectTimeoutError)):
-            return True
-        stack.append(getattr(current, "reason", None))
-        stack.extend(a for a in getattr(current, "args", ()) if isinstance(a, BaseException))
-        stack.append(current.__cause__)
-        stack.append(current.__context__)
-    return False
+        yield current
+        stack.extend(links(current))
+
+
+def _chained(exc: BaseException) -> tuple[BaseException | None, ...]:
+    """The exceptions Python chained ``exc`` to (``raise ... from`` and the one being handled)."""
+    return exc.__cause__, exc.__context__
+
+
+def _wrapped(exc: BaseException) -> list[BaseException | None]:
+    """What a ``requests``/``urllib3`` error wraps (``reason``, exceptions in ``args``), then its chain."""
+    inner = [a for a in getattr(exc, "args", ()) if isinstance(a, BaseException)]
+    return [getattr(exc, "reason", None), *inner, *_chained(exc)]
+
+
+def _nothing_sent(exc: BaseException) -> bool:
+    """True when the request certainly never left: connecting failed (refused, DNS, connect timeout)."""
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return True
+    return any(
+        isinstance(current, (NewConnectionError, ConnectTimeoutError))
+        for current in _linked_exceptions(exc, _wrapped)
+    )
 
 
 def _aiohttp_failure_kind(exc: BaseException) -> str | None:
@@ -1141,19 +1162,11 @@ class ConnectHook(BaseHook):
         return text
 
     def _mentions_key(self, exc: BaseException) -> bool:
-        seen: set[int] = set()
-        current: BaseException | None = exc
-        stack: list[BaseException | None] = [exc]
-        while stack:
-            current = stack.pop()
-            if current is None or id(current) in seen:
-                continue
-            seen.add(id(current))
-            text = f"{current}\n{current!r}"
-            if any(secret in text for secret in self._secrets):
-                return True
-            stack.extend([current.__cause__, current.__context__])
-        return False
+        """Whether ``exc`` or any exception chained to it shows a form of the key (str or repr)."""
+        return any(
+            any(secret in f"{current}\n{current!r}" for secret in self._secrets)
+            for current in _linked_exceptions(exc, _chained)
+        )
 
     def _clean_error(self, exc: Exception) -> Exception:
         """``exc`` scrubbed of the key, or a ConnectError in its place (see :func:`_redacting`)."""
