@@ -455,6 +455,29 @@ def _next_page(
     return fetch(offset, window=window)
 
 
+def _drive(
+    steps: Generator[float | None, Any, _Answer],
+    send: Callable[[], _Answer | BaseException],
+    pause: Callable[[float], Any],
+) -> _Answer:
+    """Run the retry loop (:meth:`ConnectHook._exchange`) with blocking I/O: the answer it settles on.
+
+    The loop yields ``None`` for an attempt (``send``, whose answer or exception goes back to it)
+    or a number of seconds to wait (``pause``); it returns the answer or raises the error.
+    """
+    step = next(steps)
+    while True:
+        reply: _Answer | BaseException | None = None
+        if step is None:
+            reply = send()
+        else:
+            pause(step)
+        try:
+            step = steps.send(reply)
+        except StopIteration as done:
+            return done.value
+
+
 def _release(window: AdaptiveWindow, token: int, reply: _Answer | BaseException, policy: RetryPolicy) -> None:
     """Tell the paging window how an attempt ended (a 429's ``Retry-After`` capped as the policy caps it)."""
     if isinstance(reply, BaseException):
@@ -1347,42 +1370,50 @@ class ConnectHook(BaseHook):
             settings.retry_policy if retries is None else replace(settings.retry_policy, max_retries=retries)
         )
         shown = rel + (f"?{query_string}" if query_string else "")
+        request = {
+            "data": data,
+            "headers": {"Content-Type": "application/json"} if data is not None else None,
+            "timeout": (settings.connect_timeout, settings.timeout),
+            "stream": True,
+        }
         url = settings.base_url + shown
-        headers = {"Content-Type": "application/json"} if data is not None else None
-        steps = self._exchange(method, rel, shown, policy, collection=collection)
-        step = next(steps)
-        while True:
-            reply: _Answer | BaseException | None = None
-            if step is None:
-                token = window.acquire() if window is not None else 0
-                started = time.monotonic()
-                try:
-                    response = session.request(
-                        method,
-                        url,
-                        data=data,
-                        headers=headers,
-                        timeout=(settings.connect_timeout, settings.timeout),
-                        stream=True,
-                    )
-                    reply = _Answer(
-                        response.status_code,
-                        response.headers,
-                        _read_body(response),
-                        (time.monotonic() - started) * 1000,
-                    )
-                except Exception as exc:  # every failure to get an answer is the policy's to judge
-                    reply = exc
-                if window is not None:
-                    _release(window, token, reply, policy)
-            elif window is not None:
-                window.sleep(step)
-            else:
-                time.sleep(step)
-            try:
-                step = steps.send(reply)
-            except StopIteration as done:
-                return done.value
+        return _drive(
+            self._exchange(method, rel, shown, policy, collection=collection),
+            functools.partial(self._attempt, session, method, url, request, policy, window),
+            time.sleep if window is None else window.sleep,
+        )
+
+    def _attempt(
+        self,
+        session: requests.Session,
+        method: str,
+        url: str,
+        request: Mapping[str, Any],
+        policy: RetryPolicy,
+        window: AdaptiveWindow | None,
+    ) -> _Answer | BaseException:
+        """One attempt of a call: the answer, or the exception raised instead (the policy judges both).
+
+        ``request`` is the keywords of ``session.request`` (body, headers, timeouts, streaming).
+        With a paging ``window`` the attempt waits for a slot first and gives it back with how it
+        ended, so a 429 narrows the window and pauses it for ``Retry-After``.
+        """
+        token = window.acquire() if window is not None else 0
+        started = time.monotonic()
+        reply: _Answer | BaseException
+        try:
+            response = session.request(method, url, **request)
+            reply = _Answer(
+                response.status_code,
+                response.headers,
+                _read_body(response),
+                (time.monotonic() - started) * 1000,
+            )
+        except Exception as exc:  # every failure to get an answer is the policy's to judge
+            reply = exc
+        if window is not None:
+            _release(window, token, reply, policy)
+        return reply
 
     async def _acall(self, method: str, path: str, *, query_string: str = "") -> _Answer:
         """:meth:`_call` for the event loop (``aiohttp``): the same loop, the same policy and errors."""
