@@ -1785,6 +1785,18 @@ class ConnectHook(BaseHook):
 
         window = AdaptiveWindow(workers, on_change=functools.partial(self._window_changed, what))
         fetch = functools.partial(self._fetch_page, rel, query_of, size)
+        yield from self._page_through(fetch, window, workers, size, what)
+
+    def _page_through(
+        self, fetch: Callable[..., RawPage], window: AdaptiveWindow, workers: int, size: int, what: str
+    ) -> Iterator[RawPage]:
+        """The pages of one listing in order (see :meth:`iter_raw_pages`), the workers planned as it goes.
+
+        The first page is read alone; once the total is known and two or more pages are left, up to
+        ``workers`` worker threads fetch the next ones while the consumer holds a page. The offset
+        advances by what the server sent, the latest total bounds the listing, and a short or empty
+        page ends it. The workers are closed when the listing ends or its consumer stops.
+        """
         ahead: PagesAhead[RawPage] | None = None
         offset = page_number = 0
         per_page = step = size
