@@ -59,7 +59,7 @@ import re
 import ssl
 import threading
 import time
-from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple, TypeVar
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -195,6 +195,8 @@ _MIN_SECRET_LENGTH = 4
 _HOST_EXAMPLE = f"e.g. {CONNECT_API_BASE_URL}"
 
 _F = TypeVar("_F", bound=Callable[..., Any])
+#: A page as a listing yields it: a RawPage, or the decoded list of objects.
+_P = TypeVar("_P")
 
 
 class RawPage(NamedTuple):
@@ -246,10 +248,15 @@ class RetryDecision(NamedTuple):
     why: str = ""
 
 
-def _nothing_sent(exc: BaseException) -> bool:
-    """True when the request certainly never left: connecting failed (refused, DNS, connect timeout)."""
-    if isinstance(exc, requests.exceptions.ConnectTimeout):
-        return True
+def _linked_exceptions(
+    exc: BaseException, links: Callable[[BaseException], Iterable[BaseException | None]]
+) -> Iterator[BaseException]:
+    """``exc`` and every exception reachable from it through ``links``, each once, depth first.
+
+    Chains can loop (an exception its own context) and fan out (a wrapper's ``args``), so one
+    walk with a seen set serves every search of a chain: what a transport failure wraps, and
+    whether an error anywhere in its chain mentions the key.
+    """
     seen: set[int] = set()
     stack: list[BaseException | None] = [exc]
     while stack:
@@ -257,13 +264,29 @@ def _nothing_sent(exc: BaseException) -> bool:
         if current is None or id(current) in seen:
             continue
         seen.add(id(current))
-        if isinstance(current, (NewConnectionError, ConnectTimeoutError)):
-            return True
-        stack.append(getattr(current, "reason", None))
-        stack.extend(a for a in getattr(current, "args", ()) if isinstance(a, BaseException))
-        stack.append(current.__cause__)
-        stack.append(current.__context__)
-    return False
+        yield current
+        stack.extend(links(current))
+
+
+def _chained(exc: BaseException) -> tuple[BaseException | None, ...]:
+    """The exceptions Python chained ``exc`` to (``raise ... from`` and the one being handled)."""
+    return exc.__cause__, exc.__context__
+
+
+def _wrapped(exc: BaseException) -> list[BaseException | None]:
+    """What a ``requests``/``urllib3`` error wraps (``reason``, exceptions in ``args``), then its chain."""
+    inner = [a for a in getattr(exc, "args", ()) if isinstance(a, BaseException)]
+    return [getattr(exc, "reason", None), *inner, *_chained(exc)]
+
+
+def _nothing_sent(exc: BaseException) -> bool:
+    """True when the request certainly never left: connecting failed (refused, DNS, connect timeout)."""
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return True
+    return any(
+        isinstance(current, (NewConnectionError, ConnectTimeoutError))
+        for current in _linked_exceptions(exc, _wrapped)
+    )
 
 
 def _aiohttp_failure_kind(exc: BaseException) -> str | None:
@@ -432,6 +455,29 @@ def _next_page(
     return fetch(offset, window=window)
 
 
+def _drive(
+    steps: Generator[float | None, Any, _Answer],
+    send: Callable[[], _Answer | BaseException],
+    pause: Callable[[float], Any],
+) -> _Answer:
+    """Run the retry loop (:meth:`ConnectHook._exchange`) with blocking I/O: the answer it settles on.
+
+    The loop yields ``None`` for an attempt (``send``, whose answer or exception goes back to it)
+    or a number of seconds to wait (``pause``); it returns the answer or raises the error.
+    """
+    step = next(steps)
+    while True:
+        reply: _Answer | BaseException | None = None
+        if step is None:
+            reply = send()
+        else:
+            pause(step)
+        try:
+            step = steps.send(reply)
+        except StopIteration as done:
+            return done.value
+
+
 def _release(window: AdaptiveWindow, token: int, reply: _Answer | BaseException, policy: RetryPolicy) -> None:
     """Tell the paging window how an attempt ended (a 429's ``Retry-After`` capped as the policy caps it)."""
     if isinstance(reply, BaseException):
@@ -584,6 +630,27 @@ def _bool_setting(name: str, value: Any, conn_id: str | None) -> bool:
     raise ConnectValidationError(
         name, f"{_setting_source(name, conn_id)} must be true or false, got {value!r}"
     )
+
+
+#: The numeric settings a hook argument or the connection's extra may give, in the order they are
+#: checked: each one's check and its default when neither gives it. One table, so an argument and
+#: the extra field of the same name are always held to the same bounds.
+_NUMBER_SETTINGS: dict[str, tuple[Callable[..., Any], Any]] = {
+    "page_size": (functools.partial(_int_setting, low=1, high=MAX_PAGE_SIZE), None),
+    "timeout": (functools.partial(_float_setting, positive=True), DEFAULT_TIMEOUT),
+    "max_retries": (functools.partial(_int_setting, low=0, high=20), DEFAULT_MAX_RETRIES),
+    "max_wait": (functools.partial(_float_setting, positive=False), DEFAULT_MAX_WAIT),
+    "max_concurrency": (
+        functools.partial(_int_setting, low=1, high=MAX_CONCURRENCY),
+        DEFAULT_MAX_CONCURRENCY,
+    ),
+}
+
+
+def _number_setting(name: str, value: Any, conn_id: str | None) -> Any:
+    """``value`` of the numeric setting ``name`` checked against its bounds (``conn_id``: from an extra)."""
+    check, _ = _NUMBER_SETTINGS[name]
+    return check(name, value, conn_id=conn_id)
 
 
 def _header_problem(text: str) -> str | None:
@@ -971,23 +1038,16 @@ class ConnectHook(BaseHook):
         super().__init__()
         self.connect_conn_id = connect_conn_id
         # Constructor arguments are checked now (no I/O); the connection is read on first use.
-        self._page_size_arg = (
-            None if page_size is None else _int_setting("page_size", page_size, 1, MAX_PAGE_SIZE, None)
-        )
-        self._timeout_arg = (
-            None if timeout is None else _float_setting("timeout", timeout, positive=True, conn_id=None)
-        )
-        self._max_retries_arg = (
-            None if max_retries is None else _int_setting("max_retries", max_retries, 0, 20, None)
-        )
-        self._max_wait_arg = (
-            None if max_wait is None else _float_setting("max_wait", max_wait, positive=False, conn_id=None)
-        )
-        self._max_concurrency_arg = (
-            None
-            if max_concurrency is None
-            else _int_setting("max_concurrency", max_concurrency, 1, MAX_CONCURRENCY, None)
-        )
+        given = {
+            "page_size": page_size,
+            "timeout": timeout,
+            "max_retries": max_retries,
+            "max_wait": max_wait,
+            "max_concurrency": max_concurrency,
+        }
+        self._number_args: dict[str, Any] = {
+            name: _number_setting(name, value, None) for name, value in given.items() if value is not None
+        }
         self._settings: _Settings | None = None
         self._options: _HttpOptions | None = None
         self._authorization: str | None = None
@@ -1002,53 +1062,23 @@ class ConnectHook(BaseHook):
     # ------------------------------------------------------------------ connection, settings, session
 
     def _settings_from(self, conn: Any) -> _Settings:
+        """The settings of ``conn``: a number from the hook's argument, else the extra, else its default."""
         extra = conn.extra_dejson or {}
         cid = self.connect_conn_id
-
-        def pick(name: str, arg: Any, parse: Any, default: Any) -> Any:
-            if arg is not None:
-                return arg
-            raw = extra.get(name)
-            return default if raw is None or raw == "" else parse(raw)
-
         base_url, scheme_assumed = _resolve_base_url(conn)
+        numbers = dict(self._number_args)
+        for name, (_, default) in _NUMBER_SETTINGS.items():
+            if name not in numbers:
+                raw = extra.get(name)
+                numbers[name] = default if raw is None or raw == "" else _number_setting(name, raw, cid)
         verify_raw = extra.get("verify_ssl", extra.get("verify"))
         return _Settings(
             base_url=base_url,
-            page_size=pick(
-                "page_size",
-                self._page_size_arg,
-                lambda v: _int_setting("page_size", v, 1, MAX_PAGE_SIZE, cid),
-                None,
-            ),
-            timeout=pick(
-                "timeout",
-                self._timeout_arg,
-                lambda v: _float_setting("timeout", v, positive=True, conn_id=cid),
-                DEFAULT_TIMEOUT,
-            ),
-            max_retries=pick(
-                "max_retries",
-                self._max_retries_arg,
-                lambda v: _int_setting("max_retries", v, 0, 20, cid),
-                DEFAULT_MAX_RETRIES,
-            ),
-            max_wait=pick(
-                "max_wait",
-                self._max_wait_arg,
-                lambda v: _float_setting("max_wait", v, positive=False, conn_id=cid),
-                DEFAULT_MAX_WAIT,
-            ),
             verify_ssl=True
             if verify_raw is None or verify_raw == ""
             else _bool_setting("verify_ssl", verify_raw, cid),
             scheme_assumed=scheme_assumed,
-            max_concurrency=pick(
-                "max_concurrency",
-                self._max_concurrency_arg,
-                lambda v: _int_setting("max_concurrency", v, 1, MAX_CONCURRENCY, cid),
-                DEFAULT_MAX_CONCURRENCY,
-            ),
+            **numbers,
         )
 
     def _load(self, conn: Any) -> list[str]:
@@ -1155,19 +1185,11 @@ class ConnectHook(BaseHook):
         return text
 
     def _mentions_key(self, exc: BaseException) -> bool:
-        seen: set[int] = set()
-        current: BaseException | None = exc
-        stack: list[BaseException | None] = [exc]
-        while stack:
-            current = stack.pop()
-            if current is None or id(current) in seen:
-                continue
-            seen.add(id(current))
-            text = f"{current}\n{current!r}"
-            if any(secret in text for secret in self._secrets):
-                return True
-            stack.extend([current.__cause__, current.__context__])
-        return False
+        """Whether ``exc`` or any exception chained to it shows a form of the key (str or repr)."""
+        return any(
+            any(secret in f"{current}\n{current!r}" for secret in self._secrets)
+            for current in _linked_exceptions(exc, _chained)
+        )
 
     def _clean_error(self, exc: Exception) -> Exception:
         """``exc`` scrubbed of the key, or a ConnectError in its place (see :func:`_redacting`)."""
@@ -1348,42 +1370,50 @@ class ConnectHook(BaseHook):
             settings.retry_policy if retries is None else replace(settings.retry_policy, max_retries=retries)
         )
         shown = rel + (f"?{query_string}" if query_string else "")
+        request = {
+            "data": data,
+            "headers": {"Content-Type": "application/json"} if data is not None else None,
+            "timeout": (settings.connect_timeout, settings.timeout),
+            "stream": True,
+        }
         url = settings.base_url + shown
-        headers = {"Content-Type": "application/json"} if data is not None else None
-        steps = self._exchange(method, rel, shown, policy, collection=collection)
-        step = next(steps)
-        while True:
-            reply: _Answer | BaseException | None = None
-            if step is None:
-                token = window.acquire() if window is not None else 0
-                started = time.monotonic()
-                try:
-                    response = session.request(
-                        method,
-                        url,
-                        data=data,
-                        headers=headers,
-                        timeout=(settings.connect_timeout, settings.timeout),
-                        stream=True,
-                    )
-                    reply = _Answer(
-                        response.status_code,
-                        response.headers,
-                        _read_body(response),
-                        (time.monotonic() - started) * 1000,
-                    )
-                except Exception as exc:  # every failure to get an answer is the policy's to judge
-                    reply = exc
-                if window is not None:
-                    _release(window, token, reply, policy)
-            elif window is not None:
-                window.sleep(step)
-            else:
-                time.sleep(step)
-            try:
-                step = steps.send(reply)
-            except StopIteration as done:
-                return done.value
+        return _drive(
+            self._exchange(method, rel, shown, policy, collection=collection),
+            functools.partial(self._attempt, session, method, url, request, policy, window),
+            time.sleep if window is None else window.sleep,
+        )
+
+    def _attempt(
+        self,
+        session: requests.Session,
+        method: str,
+        url: str,
+        request: Mapping[str, Any],
+        policy: RetryPolicy,
+        window: AdaptiveWindow | None,
+    ) -> _Answer | BaseException:
+        """One attempt of a call: the answer, or the exception raised instead (the policy judges both).
+
+        ``request`` is the keywords of ``session.request`` (body, headers, timeouts, streaming).
+        With a paging ``window`` the attempt waits for a slot first and gives it back with how it
+        ended, so a 429 narrows the window and pauses it for ``Retry-After``.
+        """
+        token = window.acquire() if window is not None else 0
+        started = time.monotonic()
+        reply: _Answer | BaseException
+        try:
+            response = session.request(method, url, **request)
+            reply = _Answer(
+                response.status_code,
+                response.headers,
+                _read_body(response),
+                (time.monotonic() - started) * 1000,
+            )
+        except Exception as exc:  # every failure to get an answer is the policy's to judge
+            reply = exc
+        if window is not None:
+            _release(window, token, reply, policy)
+        return reply
 
     async def _acall(self, method: str, path: str, *, query_string: str = "") -> _Answer:
         """:meth:`_call` for the event loop (``aiohttp``): the same loop, the same policy and errors."""
@@ -1593,6 +1623,19 @@ class ConnectHook(BaseHook):
                 path=path,
             ) from None
 
+    def _json_array(self, body: bytes, rel: str) -> list[Any]:
+        """The items of a collection's page; a clear error when the answer is not a JSON array.
+
+        One check for every reader of a collection (the sync pages, the async page), so a path
+        that is not a collection fails alike wherever it is read.
+        """
+        items = self._json_or_none(body, "GET", rel)
+        if not isinstance(items, list):
+            raise ConnectAPIError(
+                f"GET {rel}: expected a JSON array (a collection); check the path", method="GET", path=rel
+            )
+        return items
+
     # ------------------------------------------------------------------ generic calls
 
     @_redacting
@@ -1624,7 +1667,7 @@ class ConnectHook(BaseHook):
 
     def _page_size(self, page_size: int | None, default: int) -> int:
         if page_size is not None:
-            return _int_setting("page_size", page_size, 1, MAX_PAGE_SIZE, None)
+            return _number_setting("page_size", page_size, None)
         return self.settings.page_size or default
 
     def _concurrency(self, concurrency: int | None) -> int:
@@ -1655,12 +1698,7 @@ class ConnectHook(BaseHook):
         body = answer.body
         content_range = parse_content_range(answer.headers.get("Content-Range"))
         if content_range is None:
-            items = self._json_or_none(body, "GET", rel)
-            if not isinstance(items, list):
-                raise ConnectAPIError(
-                    f"GET {rel}: expected a JSON array (a collection); check the path", method="GET", path=rel
-                )
-            count = len(items)
+            count = len(self._json_array(body, rel))
             total = offset + count if count < size else -1
             return RawPage(body=body, offset=offset, count=count, total=total)
         first, last, total = content_range
@@ -1747,6 +1785,18 @@ class ConnectHook(BaseHook):
 
         window = AdaptiveWindow(workers, on_change=functools.partial(self._window_changed, what))
         fetch = functools.partial(self._fetch_page, rel, query_of, size)
+        yield from self._page_through(fetch, window, workers, size, what)
+
+    def _page_through(
+        self, fetch: Callable[..., RawPage], window: AdaptiveWindow, workers: int, size: int, what: str
+    ) -> Iterator[RawPage]:
+        """The pages of one listing in order (see :meth:`iter_raw_pages`), the workers planned as it goes.
+
+        The first page is read alone; once the total is known and two or more pages are left, up to
+        ``workers`` worker threads fetch the next ones while the consumer holds a page. The offset
+        advances by what the server sent, the latest total bounds the listing, and a short or empty
+        page ends it. The workers are closed when the listing ends or its consumer stops.
+        """
         ahead: PagesAhead[RawPage] | None = None
         offset = page_number = 0
         per_page = step = size
@@ -1811,12 +1861,7 @@ class ConnectHook(BaseHook):
             default_page_size=default_page_size,
             concurrency=concurrency,
         ):
-            items = self._json_or_none(page.body, "GET", rel)
-            if not isinstance(items, list):
-                raise ConnectAPIError(
-                    f"GET {rel}: expected a JSON array (a collection); check the path", method="GET", path=rel
-                )
-            yield items
+            yield self._json_array(page.body, rel)
 
     @_redacting
     def iter_items(
@@ -2043,24 +2088,29 @@ class ConnectHook(BaseHook):
         Up to ``concurrency`` pages are fetched side by side (default and ceiling: the
         connection's ``max_concurrency``), yielded in order, in ``ordering(created_time)``.
         """
-        _id_segment(usage_file_id, "usage_file_id")
-        return self.iter_raw_pages(
-            "/usage/records",
-            R().usagefile.id.eq(usage_file_id.strip()),
-            page_size,
-            ordering=USAGE_RECORDS_ORDERING,
-            label=f"usage records of {usage_file_id.strip()}",
-            default_page_size=USAGE_RECORDS_PAGE_SIZE,
-            concurrency=concurrency,
-        )
+        return self._usage_records(self.iter_raw_pages, usage_file_id, page_size, concurrency)
 
     @_redacting
     def iter_usage_record_pages(
         self, usage_file_id: str, page_size: int | None = None, *, concurrency: int | None = None
     ) -> Iterator[list[dict[str, Any]]]:
         """The records of a usage file, one decoded page at a time (every page, not just the first)."""
+        return self._usage_records(self.iter_pages, usage_file_id, page_size, concurrency)
+
+    def _usage_records(
+        self,
+        listing: Callable[..., Iterator[_P]],
+        usage_file_id: str,
+        page_size: int | None,
+        concurrency: int | None,
+    ) -> Iterator[_P]:
+        """The listing of one usage file's records: its filter, order, label and page size, in one place.
+
+        Both record readers (raw pages for the export, decoded pages for small files) must page
+        the same way, so the id check and the listing's options live here only.
+        """
         _id_segment(usage_file_id, "usage_file_id")
-        return self.iter_pages(
+        return listing(
             "/usage/records",
             R().usagefile.id.eq(usage_file_id.strip()),
             page_size,
@@ -2111,11 +2161,7 @@ class ConnectHook(BaseHook):
             query, select=select, ordering=ordering, limit=size, offset=int(offset)
         )
         answer = await self._acall("GET", rel, query_string=query_string)
-        items = self._json_or_none(answer.body, "GET", rel)
-        if not isinstance(items, list):
-            raise ConnectAPIError(
-                f"GET {rel}: expected a JSON array (a collection); check the path", method="GET", path=rel
-            )
+        items = self._json_array(answer.body, rel)
         content_range = parse_content_range(answer.headers.get("Content-Range"))
         total = content_range[2] if content_range is not None else -1
         return AsyncPage(items=items, offset=int(offset), total=total)
