@@ -21,14 +21,12 @@ from connect_provider.exceptions import (
     ConnectTransportError,
     ConnectValidationError,
 )
-from connect_provider.hooks.connect import (
+from connect_provider.hooks.connect import DEFAULT_TIMEOUT, ConnectHook, parse_content_range
+from connect_provider.hooks.retry import (
     BACKOFF_BASE,
     DEFAULT_MAX_RETRIES,
     DEFAULT_MAX_WAIT,
-    DEFAULT_TIMEOUT,
-    ConnectHook,
     _backoff_delay,
-    parse_content_range,
     parse_retry_after,
 )
 from hypothesis import given

@@ -31,12 +31,12 @@ from connect_provider.exceptions import (
     ConnectTransportError,
     ConnectValidationError,
 )
-from connect_provider.hooks.connect import (
+from connect_provider.hooks.connect import ConnectHook
+from connect_provider.hooks.retry import (
     AMBIGUOUS,
     DONE,
     RAISE,
     RETRY,
-    ConnectHook,
     RetryPolicy,
     transport_failure_kind,
 )
