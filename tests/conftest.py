@@ -42,7 +42,8 @@ def _register_factory(name: str, path: Path) -> None:
 
     Under ``--import-mode=importlib`` test modules cannot import their neighbours; the usage record
     builders serve the provider's usage tests and the project's load tests alike, the outbox
-    builders the outbox's processing and follow tests.
+    builders the outbox's processing and follow tests, the purchase builders the trigger tests and
+    the project's event tests.
     """
     if name in sys.modules:
         return
@@ -55,6 +56,7 @@ def _register_factory(name: str, path: Path) -> None:
 
 _register_factory("usage_factory", ROOT / "tests" / "connect_provider" / "usage" / "usage_factory.py")
 _register_factory("outbox_factory", ROOT / "tests" / "connect_provider" / "outbox" / "outbox_factory.py")
+_register_factory("purchase_factory", ROOT / "tests" / "connect_provider" / "purchase_factory.py")
 
 # Short retry waits and timeouts: a test of a fault must not wait out the production back-off.
 SANDBOX_CONN_EXTRA = {"max_wait": 2, "timeout": 10}

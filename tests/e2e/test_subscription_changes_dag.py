@@ -13,6 +13,7 @@ import pytest
 from connect_project.demo import seed_demo_changes
 from connect_provider.hooks.connect import ConnectHook
 from connect_provider.outbox import TABLE, processing
+from outbox_factory import purchase_payload
 
 pytestmark = pytest.mark.e2e
 
@@ -31,30 +32,7 @@ EXPECTED = {
 }
 
 
-TIER = {
-    "name": "Demo Reseller",
-    "external_id": "reseller-1",
-    "contact_info": {
-        "address_line1": "1 Demo Street",
-        "city": "Springfield",
-        "postal_code": "10001",
-        "country": "US",
-        "contact": {
-            "first_name": "Rita",
-            "last_name": "Reseller",
-            "email": "rita@example.com",
-            "phone_number": "+1 2015550123",
-        },
-    },
-}
-PURCHASE = {
-    "hub_id": "HB-0000-0001",
-    "marketplace": "MP-00001",
-    "item_id": "PRD-276-377-545-0001",
-    "quantity": 1,
-    "tier1": TIER,
-    "customer": {**TIER, "name": "Demo Customer", "external_id": "customer-1"},
-}
+PURCHASE = purchase_payload(quantity=1)  # the demo reseller and customer, one of the demo item
 
 
 def _outcomes(outbox) -> dict[str, str]:

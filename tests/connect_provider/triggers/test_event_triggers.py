@@ -21,11 +21,11 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from connect_provider import actions
 from connect_provider.exceptions import ConnectValidationError
 from connect_provider.hooks.connect import ConnectHook
 from connect_provider.triggers.events import ConnectRequestEventTrigger, ConnectUsageFileEventTrigger
 from connect_provider.triggers.feeds import UsageFileFeed
+from purchase_factory import buy
 
 FAST = {"poll_interval": 1, "overlap_seconds": 5}
 
@@ -47,38 +47,6 @@ def settle(seconds: float = 2.5) -> None:
 
 def ids_of(payloads: list[dict], key: str = "usage_file_id") -> list[tuple[str, str]]:
     return [(p[key], p["status"]) for p in payloads]
-
-
-def tier(external_id: str) -> dict:
-    return {
-        "name": f"Tier {external_id}",
-        "external_id": external_id,
-        "contact_info": {
-            "address_line1": "1 Main St",
-            "city": "Madrid",
-            "postal_code": "28001",
-            "country": "ES",
-            "contact": {
-                "first_name": "Eva",
-                "last_name": "Ruiz",
-                "email": "eva@example.es",
-                "phone_number": "911222333",
-            },
-        },
-    }
-
-
-def buy(external_id: str) -> str:
-    return actions.purchase(
-        ConnectHook(),
-        asset_external_id=external_id,
-        hub_id="HB-0000-0001",
-        marketplace="MP-00001",
-        tier1=tier("reseller-1"),
-        customer=tier("customer-1"),
-        item_id="PRD-276-377-545-0001",
-        quantity=1,
-    ).request_id
 
 
 class TestUsageFileEvents:

@@ -10,40 +10,9 @@ from airflow.triggers.base import TriggerEvent
 from connect_provider import actions
 from connect_provider.hooks.connect import ConnectHook
 from connect_provider.triggers.requests import ConnectRequestTrigger
+from purchase_factory import buy
 
 SEEDED_PENDING = "PR-0000-0000-0004-001"  # never decided by the sandbox on its own
-
-
-def tier(external_id: str) -> dict:
-    return {
-        "name": f"Tier {external_id}",
-        "external_id": external_id,
-        "contact_info": {
-            "address_line1": "1 Main St",
-            "city": "Madrid",
-            "postal_code": "28001",
-            "country": "ES",
-            "contact": {
-                "first_name": "Eva",
-                "last_name": "Ruiz",
-                "email": "eva@example.es",
-                "phone_number": "911222333",
-            },
-        },
-    }
-
-
-def buy(external_id: str) -> str:
-    return actions.purchase(
-        ConnectHook(),
-        asset_external_id=external_id,
-        hub_id="HB-0000-0001",
-        marketplace="MP-00001",
-        tier1=tier("reseller-1"),
-        customer=tier("customer-1"),
-        item_id="PRD-276-377-545-0001",
-        quantity=1,
-    ).request_id
 
 
 def events_of(trigger: ConnectRequestTrigger, limit: float = 20.0) -> list[TriggerEvent]:

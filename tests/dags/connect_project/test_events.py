@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from connect_project import events, vendor
 from connect_project import usage_pipeline as pipeline
-from connect_provider import actions
 from connect_provider.hooks.connect import ConnectHook
 from connect_provider.triggers.events import ConnectRequestEventTrigger, ConnectUsageFileEventTrigger
+from purchase_factory import buy
 
 
 class TestEventSettings:
@@ -77,38 +77,6 @@ class TestExportPlanFromEvents:
         named = ["UF-2026-10-0000000001", "UF-2026-11-0000000003", "UF-2026-10-0000000001"]
         plan = pipeline.plan_exports(hook, destination=str(dest), event_file_ids=named)
         assert plan == [{"usage_file_id": "UF-2026-10-0000000001", "destination": str(dest)}]
-
-
-def tier(external_id: str) -> dict:
-    return {
-        "name": f"Tier {external_id}",
-        "external_id": external_id,
-        "contact_info": {
-            "address_line1": "1 Main St",
-            "city": "Madrid",
-            "postal_code": "28001",
-            "country": "ES",
-            "contact": {
-                "first_name": "Eva",
-                "last_name": "Ruiz",
-                "email": "eva@example.es",
-                "phone_number": "911222333",
-            },
-        },
-    }
-
-
-def buy(external_id: str, quantity: int) -> str:
-    return actions.purchase(
-        ConnectHook(),
-        asset_external_id=external_id,
-        hub_id="HB-0000-0001",
-        marketplace="MP-00001",
-        tier1=tier("reseller-1"),
-        customer=tier("customer-1"),
-        item_id="PRD-276-377-545-0001",
-        quantity=quantity,
-    ).request_id
 
 
 class TestVendorDecisions:
