@@ -273,8 +273,3 @@ def parse_retry_after(value: str | None, now: dt.datetime | None = None) -> floa
     if not math.isfinite(seconds):
         return None
     return max(0.0, seconds)
-
-
-def _backoff_delay(retry_number: int, max_wait: float) -> float:
-    """The policy's back-off for ``max_wait`` (kept for callers that only need the delay)."""
-    return RetryPolicy(max_wait=max_wait).backoff(retry_number)

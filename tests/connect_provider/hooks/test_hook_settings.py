@@ -26,7 +26,7 @@ from connect_provider.hooks.retry import (
     BACKOFF_BASE,
     DEFAULT_MAX_RETRIES,
     DEFAULT_MAX_WAIT,
-    _backoff_delay,
+    RetryPolicy,
     parse_retry_after,
 )
 from hypothesis import given
@@ -298,7 +298,7 @@ def test_retry_after_reads_seconds_and_http_dates() -> None:
 
 @given(retry=st.integers(min_value=1, max_value=40), cap=st.floats(min_value=0, max_value=120))
 def test_backoff_is_full_jitter_under_the_exponential_ceiling_and_the_cap(retry: int, cap: float) -> None:
-    delay = _backoff_delay(retry, cap)
+    delay = RetryPolicy(max_wait=cap).backoff(retry)
     assert 0.0 <= delay <= min(cap, BACKOFF_BASE * 2 ** (retry - 1))
 
 
