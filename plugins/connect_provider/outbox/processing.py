@@ -282,6 +282,15 @@ def lease_covers_a_create(hook: ConnectHook, lease_seconds: float) -> None:
         )
 
 
+def _look_up_key(name: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> tuple[Any, ...]:
+    """The key a remembered look-up is kept under: the hook method, its arguments, its keywords.
+
+    Why one function: the chunk's preparation removes repeated look-ups by this key before asking
+    Connect, and the rows find the answers under it; two spellings of it would drift apart.
+    """
+    return (name, args, tuple(sorted(kwargs.items())))
+
+
 class _SharedMemo:
     """The remembered configuration look-ups of one chunk, shared by the threads of that chunk.
 
@@ -330,8 +339,7 @@ class ChunkLookups:
             return attr
 
         def remembered(*args: Any, **kwargs: Any) -> Any:
-            key = (name, args, tuple(sorted(kwargs.items())))
-            return self._memo.get(key, lambda: attr(*args, **kwargs))
+            return self._memo.get(_look_up_key(name, args, kwargs), lambda: attr(*args, **kwargs))
 
         return remembered
 
@@ -472,7 +480,7 @@ def _preparations(chunk: _ChunkRun, rows: Sequence[Change]) -> list[Callable[[],
     for product_id, external_id in wanted.values():
         by_product.setdefault(product_id, []).append(external_id)
     calls = dict.fromkeys(
-        (name, call_args, tuple(sorted(kwargs.items())))
+        _look_up_key(name, call_args, kwargs)
         for args in firsts.values()
         if isinstance(args, PurchaseArgs)
         for name, call_args, kwargs in actions.purchase_look_ups(args)
@@ -587,7 +595,7 @@ class _ChunkRun:
             )
 
     def submit(self, change: Change) -> str | None:
-
+        """Submit one row on this thread's outbox and hook; the error text when it should be tried again."""
         outbox, lookups = self._resources()
         listed = self.listed.pop(change.id, None)
 
