@@ -10,6 +10,7 @@ import their neighbours under importlib mode).
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 from collections.abc import Mapping
@@ -80,6 +81,12 @@ class LocalServer:
     def api_url(self) -> str:
         """The base URL with Connect's API path, what a connection's host is set to."""
         return self.base_url + API_PATH
+
+    def connection_json(self, password: str, **extra: object) -> str:
+        """A Connect connection to this server (for ``AIRFLOW_CONN_...``), with these extras."""
+        return json.dumps(
+            {"conn_type": "cloudblue_connect", "host": self.api_url, "password": password, "extra": extra}
+        )
 
     def start(self) -> Self:
         """Serve in a daemon thread (a test that hangs must not keep the run alive)."""

@@ -90,9 +90,7 @@ class ListingServer(LocalServer):
         super().__init__(self._handler())
 
     def conn_json(self, **extra: Any) -> str:
-        return json.dumps(
-            {"conn_type": "cloudblue_connect", "host": self.api_url, "password": API_KEY, "extra": extra}
-        )
+        return self.connection_json(API_KEY, **extra)
 
     def wait_for_calls(self, n: int, timeout: float = 5.0) -> None:
         """Until ``n`` record pages have been asked for, then until none is under way."""

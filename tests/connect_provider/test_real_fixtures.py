@@ -124,13 +124,8 @@ def real_connect(monkeypatch: pytest.MonkeyPatch) -> Iterator[type[RealConnect]]
     }
     RealConnect.creates = 0
     with LocalServer(RealConnect) as server:
-        conn = {
-            "conn_type": "cloudblue_connect",
-            "host": server.api_url,
-            "password": "ApiKey SU-000-000-000:sandbox-demo-key",
-            "extra": {"max_wait": 0, "max_retries": 0},
-        }
-        monkeypatch.setenv("AIRFLOW_CONN_CLOUDBLUE_CONNECT_DEFAULT", json.dumps(conn))
+        conn = server.connection_json("ApiKey SU-000-000-000:sandbox-demo-key", max_wait=0, max_retries=0)
+        monkeypatch.setenv("AIRFLOW_CONN_CLOUDBLUE_CONNECT_DEFAULT", conn)
         yield RealConnect
 
 

@@ -129,14 +129,7 @@ class EchoConnect(LocalServer):
         return 200, "application/json", b"[]", {"Content-Range": "items 0-0/0"}
 
     def conn_json(self, **extra: Any) -> str:
-        return json.dumps(
-            {
-                "conn_type": "cloudblue_connect",
-                "host": self.api_url,
-                "password": HEADER_VALUE,
-                "extra": {"max_retries": 1, "max_wait": 0, "timeout": 5, **extra},
-            }
-        )
+        return self.connection_json(HEADER_VALUE, **{"max_retries": 1, "max_wait": 0, "timeout": 5, **extra})
 
 
 @pytest.fixture

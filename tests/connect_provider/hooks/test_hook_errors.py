@@ -168,13 +168,8 @@ class TestConflict:
                 self.reply(409, body)
 
         with LocalServer(Handler) as server:
-            conn = {
-                "conn_type": "cloudblue_connect",
-                "host": server.api_url,
-                "password": "ApiKey SU-000-000-000:sandbox-demo-key",
-                "extra": {"max_wait": 0, "max_retries": 0},
-            }
-            monkeypatch.setenv("AIRFLOW_CONN_CLOUDBLUE_CONNECT_DEFAULT", json.dumps(conn))
+            conn = server.connection_json("ApiKey SU-000-000-000:sandbox-demo-key", max_wait=0, max_retries=0)
+            monkeypatch.setenv("AIRFLOW_CONN_CLOUDBLUE_CONNECT_DEFAULT", conn)
             yield
 
     def test_a_409_is_a_conflict_error_with_the_params_of_the_existing_request(self, conflict_server) -> None:

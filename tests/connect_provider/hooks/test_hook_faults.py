@@ -171,17 +171,8 @@ class Scripted(LocalServer):
 @pytest.fixture
 def scripted(monkeypatch: pytest.MonkeyPatch) -> Iterator[Scripted]:
     server = Scripted().start()
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_CLOUDBLUE_CONNECT_DEFAULT",
-        json.dumps(
-            {
-                "conn_type": "cloudblue_connect",
-                "host": server.api_url,
-                "password": "SU-000-000-000:scripted-key",
-                "extra": {"max_wait": 2},
-            }
-        ),
-    )
+    conn = server.connection_json("SU-000-000-000:scripted-key", max_wait=2)
+    monkeypatch.setenv("AIRFLOW_CONN_CLOUDBLUE_CONNECT_DEFAULT", conn)
     yield server
     server.close()
 

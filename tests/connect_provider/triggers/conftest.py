@@ -42,14 +42,7 @@ class WholeSecondConnect(LocalServer):
         super().__init__(self._handler())
 
     def conn_json(self) -> str:
-        return json.dumps(
-            {
-                "conn_type": "cloudblue_connect",
-                "host": self.api_url,
-                "password": API_KEY,
-                "extra": {"max_wait": 1, "timeout": 10},
-            }
-        )
+        return self.connection_json(API_KEY, max_wait=1, timeout=10)
 
     def add_file(self, fid: str, created: str, status: str = "ready", **events: str) -> dict:
         item = {
