@@ -43,7 +43,8 @@ def _register_factory(name: str, path: Path) -> None:
     Under ``--import-mode=importlib`` test modules cannot import their neighbours; the usage record
     builders serve the provider's usage tests and the project's load tests alike, the outbox
     builders the outbox's processing and follow tests, the purchase builders the trigger tests and
-    the project's event tests.
+    the project's event tests, the local HTTP server the tests that need answers the sandbox never
+    gives.
     """
     if name in sys.modules:
         return
@@ -54,6 +55,7 @@ def _register_factory(name: str, path: Path) -> None:
     spec.loader.exec_module(module)
 
 
+_register_factory("local_http", ROOT / "tests" / "local_http.py")  # before outbox_factory, which uses it
 _register_factory("usage_factory", ROOT / "tests" / "connect_provider" / "usage" / "usage_factory.py")
 _register_factory("outbox_factory", ROOT / "tests" / "connect_provider" / "outbox" / "outbox_factory.py")
 _register_factory("purchase_factory", ROOT / "tests" / "connect_provider" / "purchase_factory.py")

@@ -24,12 +24,12 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import structlog
+from local_http import LocalServer, QuietHandler
 from structlog.testing import capture_logs
 
 API_KEY = "ApiKey SU-000-000-001:listing-test-key"
@@ -60,7 +60,7 @@ def hook_logs(
         yield lines
 
 
-class ListingServer:
+class ListingServer(LocalServer):
     """One usage file and its records behind ``/public/v1``; see the module docstring."""
 
     def __init__(
@@ -87,18 +87,10 @@ class ListingServer:
         self.peak_in_flight = 0
         self.rate_limited = 0
         self.lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    @property
-    def api_url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}/public/v1"
+        super().__init__(self._handler())
 
     def conn_json(self, **extra: Any) -> str:
-        return json.dumps(
-            {"conn_type": "cloudblue_connect", "host": self.api_url, "password": API_KEY, "extra": extra}
-        )
+        return self.connection_json(API_KEY, **extra)
 
     def wait_for_calls(self, n: int, timeout: float = 5.0) -> None:
         """Until ``n`` record pages have been asked for, then until none is under way."""
@@ -138,10 +130,10 @@ class ListingServer:
             return 200, {}, json.dumps(self.usage_file).encode()
         return 404, {}, b'{"error_code": "NOT_FOUND", "errors": ["no such route"]}'
 
-    def _handler(self) -> type[BaseHTTPRequestHandler]:
+    def _handler(self) -> type[QuietHandler]:
         owner = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             protocol_version = "HTTP/1.1"
 
             def do_GET(self) -> None:
@@ -163,29 +155,12 @@ class ListingServer:
                         if status == 200 and parts.path.endswith("/usage/records"):
                             with owner.lock:
                                 owner.answered.append(offset)
-                    self.send_response(status)
-                    for name, value in {**headers, "Content-Type": "application/json"}.items():
-                        self.send_header(name, value)
-                    self.send_header("Content-Length", str(len(body)))
-                    self.end_headers()
-                    self.wfile.write(body)
+                    self.reply(status, body, headers=headers)
                 finally:
                     with owner.lock:
                         owner.in_flight -= 1
 
-            def log_message(self, *args: object) -> None:
-                pass
-
         return Handler
-
-    def __enter__(self) -> ListingServer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(10)
 
 
 @pytest.fixture
@@ -202,11 +177,11 @@ def listing_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Li
         max_limit: int = 1000,
         **extra: Any,
     ) -> ListingServer:
-        server = ListingServer(records, usage_file, dumps=dumps, max_limit=max_limit).__enter__()
+        server = ListingServer(records, usage_file, dumps=dumps, max_limit=max_limit).start()
         started.append(server)
         monkeypatch.setenv("AIRFLOW_CONN_CLOUDBLUE_CONNECT_DEFAULT", server.conn_json(**extra))
         return server
 
     yield start
     for server in started:
-        server.__exit__()
+        server.close()

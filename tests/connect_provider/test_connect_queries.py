@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import json
 import random
-import threading
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -30,6 +28,7 @@ from connect_provider.outbox.follow import follow_open_requests
 from connect_provider.usage.exporter import export_usage_file, list_usage_files
 from connect_sandbox import rql as sandbox_rql
 from connect_sandbox.filter_table import FILTERS
+from local_http import LocalServer, QuietHandler
 
 READY_FILE = "UF-2026-10-0000000001"  # 50 records
 PRODUCT = "PRD-276-377-545"
@@ -122,7 +121,7 @@ class TestTheProvidersQueriesAreOnesConnectAccepts:
 # ------------------------------------------------------------------ a Connect with an unstable order
 
 
-class UnstableConnect:
+class UnstableConnect(LocalServer):
     """Serves a few lists whose order without ``ordering()`` changes from one call to the next.
 
     With an ``ordering()`` the endpoint allows (spec v37, :data:`connect_sandbox.filter_table`), a
@@ -137,24 +136,13 @@ class UnstableConnect:
         self.calls = 0
         owner = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_GET(self) -> None:
                 owner.calls += 1
                 status, headers, body = owner.answer(self.path)
-                self.send_response(status)
-                for name, value in headers.items():
-                    self.send_header(name, value)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                self.reply(status, body, headers=headers)
 
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/public/v1"
-        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
+        super().__init__(Handler)
 
     def answer(self, raw_path: str) -> tuple[int, dict[str, str], bytes]:
         parts = urlsplit(raw_path)
@@ -217,16 +205,19 @@ def unstable(monkeypatch: pytest.MonkeyPatch) -> Iterator[UnstableConnect]:
             "/usage/files": ("/usage/files", files, file_keys),
             "/requests": ("/requests", requests, request_keys),
         }
-    )
+    ).start()
     monkeypatch.setenv(
         "AIRFLOW_CONN_CLOUDBLUE_CONNECT_DEFAULT",
         json.dumps(
-            {"conn_type": "cloudblue_connect", "host": server.url, "password": "SU-000-000-000:unstable-key"}
+            {
+                "conn_type": "cloudblue_connect",
+                "host": server.api_url,
+                "password": "SU-000-000-000:unstable-key",
+            }
         ),
     )
     yield server
-    server.server.shutdown()
-    server.server.server_close()
+    server.close()
 
 
 def _ids_of_raw_record_pages(hook: ConnectHook) -> list[str]:

@@ -8,9 +8,7 @@ the actions as it would in production.
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +17,7 @@ from connect_provider import actions
 from connect_provider.actions import ActionResult
 from connect_provider.exceptions import ConnectConflictError, ConnectValidationError
 from connect_provider.hooks.connect import ConnectHook
+from local_http import LocalServer, QuietHandler
 
 REAL = Path(__file__).resolve().parents[1] / "fixtures" / "real"
 
@@ -89,24 +88,18 @@ class TestActionResultOfARealRequest:
         }
 
 
-class RealConnect(BaseHTTPRequestHandler):
+class RealConnect(QuietHandler):
     """Answers with the real documents: a 409 to every create, the request it names, the marketplaces."""
 
     documents: dict[str, Any] = {}
     creates = 0
 
     def _send(self, status: int, body: Any, content_range: str | None = None) -> None:
-        raw = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(raw)))
-        if content_range:
-            self.send_header("Content-Range", content_range)
-        self.end_headers()
-        self.wfile.write(raw)
+        headers = {"Content-Range": content_range} if content_range else None
+        self.reply(status, json.dumps(body).encode(), headers=headers)
 
     def do_POST(self) -> None:
-        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.read_body()
         type(self).creates += 1
         self._send(409, self.documents["conflict"])
 
@@ -121,9 +114,6 @@ class RealConnect(BaseHTTPRequestHandler):
         else:
             self._send(404, {"error_code": "NFND_001", "errors": [f"{path} not found."]})
 
-    def log_message(self, *args: object) -> None:
-        pass
-
 
 @pytest.fixture
 def real_connect(monkeypatch: pytest.MonkeyPatch) -> Iterator[type[RealConnect]]:
@@ -133,19 +123,10 @@ def real_connect(monkeypatch: pytest.MonkeyPatch) -> Iterator[type[RealConnect]]
         "marketplaces": load("marketplace_list.json"),
     }
     RealConnect.creates = 0
-    server = ThreadingHTTPServer(("127.0.0.1", 0), RealConnect)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    conn = {
-        "conn_type": "cloudblue_connect",
-        "host": f"http://127.0.0.1:{server.server_address[1]}/public/v1",
-        "password": "ApiKey SU-000-000-000:sandbox-demo-key",
-        "extra": {"max_wait": 0, "max_retries": 0},
-    }
-    monkeypatch.setenv("AIRFLOW_CONN_CLOUDBLUE_CONNECT_DEFAULT", json.dumps(conn))
-    yield RealConnect
-    server.shutdown()
-    server.server_close()
+    with LocalServer(RealConnect) as server:
+        conn = server.connection_json("ApiKey SU-000-000-000:sandbox-demo-key", max_wait=0, max_retries=0)
+        monkeypatch.setenv("AIRFLOW_CONN_CLOUDBLUE_CONNECT_DEFAULT", conn)
+        yield RealConnect
 
 
 def real_purchase(**overrides: Any) -> dict[str, Any]:

@@ -23,13 +23,12 @@ from __future__ import annotations
 import json
 import logging
 import sys
-import threading
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
 import structlog
+from local_http import LocalServer, QuietHandler
 from structlog.testing import capture_logs
 
 KEY_ID = "SU-411-522-633"
@@ -65,7 +64,7 @@ def _html_page(status: int, auth: str) -> bytes:
     ).encode()
 
 
-class EchoConnect:
+class EchoConnect(LocalServer):
     """A local HTTP server that answers like Connect and echoes the API key it was sent."""
 
     def __init__(self) -> None:
@@ -75,13 +74,11 @@ class EchoConnect:
         self.received: list[str] = []
         owner = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             protocol_version = "HTTP/1.1"
 
             def _answer(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                if length:
-                    self.rfile.read(length)
+                self.read_body()
                 auth = self.headers.get("Authorization") or ""
                 owner.calls.append((self.command, self.path))
                 owner.received.append(auth)
@@ -91,25 +88,12 @@ class EchoConnect:
                     self.connection.shutdown(2)
                     return
                 status, ctype, body, extra = owner._answer(mode, self.command, self.path, auth)
-                self.send_response(status)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.send_header("X-Echo-Authorization", auth)
-                self.send_header("WWW-Authenticate", f'ApiKey realm="{auth}"')
-                for name, value in extra.items():
-                    self.send_header(name, value)
-                self.end_headers()
-                self.wfile.write(body)
+                echoed = {"X-Echo-Authorization": auth, "WWW-Authenticate": f'ApiKey realm="{auth}"'}
+                self.reply(status, body, ctype, headers={**echoed, **extra})
 
             do_GET = do_POST = do_PUT = _answer
 
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/public/v1"
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
-        self.thread.start()
+        super().__init__(Handler)
 
     @staticmethod
     def _answer(mode: str, method: str, path: str, auth: str) -> tuple[int, str, bytes, dict[str, str]]:
@@ -145,24 +129,13 @@ class EchoConnect:
         return 200, "application/json", b"[]", {"Content-Range": "items 0-0/0"}
 
     def conn_json(self, **extra: Any) -> str:
-        return json.dumps(
-            {
-                "conn_type": "cloudblue_connect",
-                "host": self.url,
-                "password": HEADER_VALUE,
-                "extra": {"max_retries": 1, "max_wait": 0, "timeout": 5, **extra},
-            }
-        )
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        return self.connection_json(HEADER_VALUE, **{"max_retries": 1, "max_wait": 0, "timeout": 5, **extra})
 
 
 @pytest.fixture
 def echo(monkeypatch: pytest.MonkeyPatch) -> Iterator[EchoConnect]:
     """An :class:`EchoConnect` behind the default Connect connection."""
-    server = EchoConnect()
+    server = EchoConnect().start()
     monkeypatch.setenv(f"AIRFLOW_CONN_{CONN_ID.upper()}", server.conn_json())
     yield server
     assert all(r.startswith("ApiKey SU-") for r in server.received), "the server received no key"

@@ -7,10 +7,7 @@ receives, so "refused before any call" is checked by the server itself, not assu
 from __future__ import annotations
 
 import json
-import socket
-import threading
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from connect_provider.exceptions import (
@@ -20,6 +17,7 @@ from connect_provider.exceptions import (
     ConnectValidationError,
 )
 from connect_provider.hooks.connect import ConnectHook
+from local_http import LocalServer, QuietHandler, closed_port
 
 CONN_ID = "connect_messages_test"
 KEY = "ApiKey SU-123-456-789:messages-test-secret-4b1d"
@@ -28,34 +26,20 @@ API_BASE = "https://api.connect.cloudblue.com/public/v1"
 Answer = tuple[int, str, bytes]
 
 
-class LocalServer:
-    """A plain-HTTP server on 127.0.0.1 answering every call with ``answer(path)``."""
+class AnsweringServer(LocalServer):
+    """A plain-HTTP server on 127.0.0.1 answering every call with ``answer(path)``, recording it."""
 
     def __init__(self, answer: Callable[[str], Answer]) -> None:
         self.calls: list[str] = []
         owner = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_GET(self) -> None:
                 owner.calls.append(self.path)
                 status, ctype, body = answer(self.path)
-                self.send_response(status)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                self.reply(status, body, ctype)
 
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        self.netloc = f"127.0.0.1:{self.port}"
-        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(Handler)
 
 
 def _html_404(_path: str) -> Answer:
@@ -67,11 +51,11 @@ def _connect_404(_path: str) -> Answer:
 
 
 @pytest.fixture
-def serve() -> Iterator[Callable[[Callable[[str], Answer]], LocalServer]]:
-    started: list[LocalServer] = []
+def serve() -> Iterator[Callable[[Callable[[str], Answer]], AnsweringServer]]:
+    started: list[AnsweringServer] = []
 
-    def _serve(answer: Callable[[str], Answer]) -> LocalServer:
-        server = LocalServer(answer)
+    def _serve(answer: Callable[[str], Answer]) -> AnsweringServer:
+        server = AnsweringServer(answer).start()
         started.append(server)
         return server
 
@@ -88,12 +72,6 @@ def connection(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
         monkeypatch.setenv(f"AIRFLOW_CONN_{CONN_ID.upper()}", json.dumps(body))
 
     return _define
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class TestHostWithoutScheme:

@@ -15,6 +15,7 @@ from connect_provider.exceptions import (
     ConnectValidationError,
 )
 from connect_provider.hooks.connect import ConnectHook
+from local_http import LocalServer, QuietHandler
 
 DEMO_SECRET = "sandbox-demo-key"
 WRONG_KEY = "ApiKey SU-000-000-000:wrong-secret-4f9a2c"
@@ -158,36 +159,18 @@ class TestConflict:
     @pytest.fixture
     def conflict_server(self, monkeypatch: pytest.MonkeyPatch):
         import json
-        import threading
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
         body = json.dumps(self.BODY).encode()
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_POST(self) -> None:
-                self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                self.send_response(409)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                self.read_body()
+                self.reply(409, body)
 
-            def log_message(self, *args: object) -> None:
-                pass
-
-        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        thread = threading.Thread(target=server.serve_forever, daemon=True)
-        thread.start()
-        conn = {
-            "conn_type": "cloudblue_connect",
-            "host": f"http://127.0.0.1:{server.server_address[1]}/public/v1",
-            "password": "ApiKey SU-000-000-000:sandbox-demo-key",
-            "extra": {"max_wait": 0, "max_retries": 0},
-        }
-        monkeypatch.setenv("AIRFLOW_CONN_CLOUDBLUE_CONNECT_DEFAULT", json.dumps(conn))
-        yield
-        server.shutdown()
-        server.server_close()
+        with LocalServer(Handler) as server:
+            conn = server.connection_json("ApiKey SU-000-000-000:sandbox-demo-key", max_wait=0, max_retries=0)
+            monkeypatch.setenv("AIRFLOW_CONN_CLOUDBLUE_CONNECT_DEFAULT", conn)
+            yield
 
     def test_a_409_is_a_conflict_error_with_the_params_of_the_existing_request(self, conflict_server) -> None:
         from connect_provider.exceptions import ConnectConflictError

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import email.utils
 import json
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from connect_provider.exceptions import (
@@ -22,6 +20,7 @@ from connect_provider.exceptions import (
     ConnectTransportError,
 )
 from connect_provider.hooks.connect import ConnectHook
+from local_http import LocalServer, QuietHandler
 
 PENDING = "PR-0000-0000-0004-001"
 READY_FILE = "UF-2026-10-0000000001"  # 50 records
@@ -146,56 +145,36 @@ def test_a_read_timeout_fails_a_read_after_retries_and_makes_a_write_ambiguous(
 # ---------------------------------------------------------------- answers the sandbox never gives
 
 
-class Scripted:
-    """A local HTTP server answering from a script of (status, headers, body) per call."""
+class Scripted(LocalServer):
+    """A local HTTP server answering from a script of (status, headers, body) per call.
+
+    Only the script's headers are sent: no Content-Type unless a step names one.
+    """
 
     def __init__(self) -> None:
         self.script: list[tuple[int, dict[str, str], bytes]] = []
         self.calls: list[tuple[str, str]] = []
         owner = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def _answer(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                if length:
-                    self.rfile.read(length)
+                self.read_body()
                 owner.calls.append((self.command, self.path))
                 status, headers, body = owner.script.pop(0) if owner.script else (500, {}, b"{}")
-                self.send_response(status)
-                for name, value in headers.items():
-                    self.send_header(name, value)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                self.reply(status, body, content_type=None, headers=headers)
 
             do_GET = do_POST = do_PUT = _answer
 
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/public/v1"
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
-        self.thread.start()
+        super().__init__(Handler)
 
 
 @pytest.fixture
 def scripted(monkeypatch: pytest.MonkeyPatch) -> Iterator[Scripted]:
-    server = Scripted()
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_CLOUDBLUE_CONNECT_DEFAULT",
-        json.dumps(
-            {
-                "conn_type": "cloudblue_connect",
-                "host": server.url,
-                "password": "SU-000-000-000:scripted-key",
-                "extra": {"max_wait": 2},
-            }
-        ),
-    )
+    server = Scripted().start()
+    conn = server.connection_json("SU-000-000-000:scripted-key", max_wait=2)
+    monkeypatch.setenv("AIRFLOW_CONN_CLOUDBLUE_CONNECT_DEFAULT", conn)
     yield server
-    server.server.shutdown()
-    server.server.server_close()
+    server.close()
 
 
 def test_a_gateway_error_on_a_post_is_ambiguous_and_not_resent(scripted) -> None:

@@ -11,51 +11,38 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from airflow.providers.http.hooks.http import HttpHook
 from airflow.sdk import BaseHook
 from connect_provider.hooks.connect import ConnectHook
+from local_http import LocalServer, QuietHandler
 
 CONN_ID = "connect_extras_test"
 KEY = "ApiKey SU-1:extras-test-secret"
 REQUEST = {"id": "PR-1", "status": "pending"}
 
 
-class Recorder:
+class Recorder(LocalServer):
     """Answers every GET with :data:`REQUEST` and records the request line and headers."""
 
     def __init__(self) -> None:
         self.seen: list[tuple[str, dict[str, str]]] = []
         owner = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_GET(self) -> None:
                 owner.seen.append((self.path, dict(self.headers.items())))
-                body = json.dumps(REQUEST).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                self.reply(200, json.dumps(REQUEST).encode())
 
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
+        super().__init__(Handler)
 
 
 @pytest.fixture
 def recorder() -> Iterator[Recorder]:
-    server = Recorder()
-    yield server
-    server.server.shutdown()
-    server.server.server_close()
+    with Recorder() as server:
+        yield server
 
 
 @pytest.fixture
@@ -95,7 +82,7 @@ class TestHttpProviderExtras:
         self, recorder, connection, read
     ) -> None:
         connection(
-            f"{recorder.url}/public/v1",
+            recorder.api_url,
             **{"X-Correlation-Id": "corr-7", "X-Tenant": 42, "page_size": 10, "max_wait": 1, "timeout": 5},
         )
         assert read() == REQUEST
@@ -109,7 +96,7 @@ class TestHttpProviderExtras:
     @pytest.mark.parametrize("key", ["proxies", "proxy"], ids=["proxies", "proxy-alias"])
     def test_calls_go_through_the_configured_proxy(self, recorder, connection, read, key) -> None:
         # connect.invalid never resolves: only a call through the proxy can get an answer.
-        connection("http://connect.invalid/public/v1", **{key: {"http": recorder.url}, "max_retries": 0})
+        connection("http://connect.invalid/public/v1", **{key: {"http": recorder.base_url}, "max_retries": 0})
         assert read() == REQUEST
         [(request_line, headers)] = recorder.seen
         assert request_line == "http://connect.invalid/public/v1/requests/PR-1"

@@ -12,10 +12,8 @@ import asyncio
 import datetime as dt
 import json
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import aiohttp
 import pytest
@@ -40,6 +38,7 @@ from connect_provider.hooks.retry import (
     RetryPolicy,
     transport_failure_kind,
 )
+from local_http import LocalServer, QuietHandler, closed_port
 
 CONN_ID = "connect_retry_test"
 NOW = dt.datetime(2026, 11, 28, 12, 0, 0, tzinfo=dt.timezone.utc)
@@ -47,19 +46,20 @@ NOW = dt.datetime(2026, 11, 28, 12, 0, 0, tzinfo=dt.timezone.utc)
 Script = list[tuple[int, dict[str, str], bytes]]
 
 
-class FaultServer:
-    """127.0.0.1 server: ``/slow`` stalls, ``/drop`` closes without answering, else the script."""
+class FaultServer(LocalServer):
+    """127.0.0.1 server: ``/slow`` stalls, ``/drop`` closes without answering, else the script.
+
+    Only the script's headers are sent: no Content-Type unless a step names one.
+    """
 
     def __init__(self) -> None:
         self.script: Script = []
         self.calls: list[str] = []
         owner = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def _answer(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                if length:
-                    self.rfile.read(length)
+                self.read_body()
                 owner.calls.append(f"{self.command} {self.path}")
                 if self.path.endswith("/slow"):
                     time.sleep(1.0)
@@ -68,35 +68,17 @@ class FaultServer:
                     self.connection.shutdown(socket.SHUT_RDWR)
                     return
                 status, headers, body = owner.script.pop(0) if owner.script else (200, {}, b"{}")
-                self.send_response(status)
-                for name, value in headers.items():
-                    self.send_header(name, value)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                self.reply(status, body, content_type=None, headers=headers)
 
             do_GET = do_POST = _answer
 
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.netloc = f"127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
+        super().__init__(Handler)
 
 
 @pytest.fixture
 def server() -> Iterator[FaultServer]:
-    srv = FaultServer()
-    yield srv
-    srv.server.shutdown()
-    srv.server.server_close()
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    with FaultServer() as srv:
+        yield srv
 
 
 def requests_error(url: str) -> BaseException:

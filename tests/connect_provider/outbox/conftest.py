@@ -28,7 +28,7 @@ def instant_vendor(sandbox):
 @pytest.fixture
 def proxy(sandbox, monkeypatch: pytest.MonkeyPatch) -> Iterator[FaultProxy]:
     """A :class:`FaultProxy` before the sandbox, as the connection ``connect_via_proxy``."""
-    made = FaultProxy(sandbox.url)
+    made = FaultProxy(sandbox.url).start()
     monkeypatch.setenv("AIRFLOW_CONN_CONNECT_VIA_PROXY", made.conn_json(sandbox, timeout=60))
     yield made
     made.close()

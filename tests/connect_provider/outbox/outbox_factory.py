@@ -11,11 +11,11 @@ import threading
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from connect_provider.hooks.connect import ConnectHook
 from connect_provider.outbox import TABLE, Outbox, processing
+from local_http import LocalServer, QuietHandler
 
 TIER = {
     "name": "Demo Reseller",
@@ -81,7 +81,7 @@ def _changes_db_json(outbox: Outbox) -> str:
     )
 
 
-class FaultProxy:
+class FaultProxy(LocalServer):
     """A small HTTP server in front of the sandbox, for the faults the sandbox cannot make on demand.
 
     Every call is forwarded, except that ``answer(method, target)`` may answer one itself
@@ -99,16 +99,13 @@ class FaultProxy:
         self.release = threading.Event()
         proxy = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
-
+        class Handler(QuietHandler):
             def _handle(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0)) or None
+                body = self.read_body() or None
                 answered = proxy.answer(self.command, self.path)
                 if answered is not None:
                     status, payload = answered
-                    self._send(status, {"Content-Type": "application/json"}, json.dumps(payload).encode())
+                    self.reply(status, json.dumps(payload).encode())
                     return
                 gated = proxy._gated(self.command, self.path)
                 if gated == "before":
@@ -116,22 +113,13 @@ class FaultProxy:
                 status, headers, content = proxy._forward(self.command, self.path, body, self.headers)
                 if gated == "after":
                     proxy._hold()
-                self._send(status, headers, content)
-
-            def _send(self, status: int, headers: dict[str, str], content: bytes) -> None:
-                self.send_response(status)
-                for name, value in headers.items():
-                    self.send_header(name, value)
-                self.send_header("Content-Length", str(len(content)))
-                self.end_headers()
-                self.wfile.write(content)
+                # The upstream's own headers only: no Content-Type where the sandbox sent none.
+                self.reply(status, content, content_type=None, headers=headers)
 
             do_GET = do_POST = do_PUT = _handle
 
         self._lock = threading.Lock()
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        super().__init__(Handler)
 
     def _gated(self, method: str, target: str) -> str | None:
         with self._lock:
@@ -160,11 +148,11 @@ class FaultProxy:
 
     def conn_json(self, sandbox, **extra: Any) -> str:
         conn = json.loads(sandbox.conn_uri_json())
-        conn["host"] = f"{self.url}/public/v1"
+        conn["host"] = self.api_url
         conn["extra"] = {**conn["extra"], **extra}
         return json.dumps(conn)
 
     def close(self) -> None:
+        """Let a held call go first, so the serving thread can stop."""
         self.release.set()
-        self.server.shutdown()
-        self.server.server_close()
+        super().close()

@@ -19,18 +19,18 @@ import contextlib
 import json
 import threading
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 from connect_sandbox import rql
 from connect_sandbox.endpoints import F_REQUESTS, F_USAGE_FILES
+from local_http import LocalServer, QuietHandler
 
 API_KEY = "ApiKey SU-000-000-000:whole-second-key"
 
 
-class WholeSecondConnect:
+class WholeSecondConnect(LocalServer):
     """A Connect of a few usage files and requests, whole-second stamps, strict RQL."""
 
     def __init__(self) -> None:
@@ -39,22 +39,10 @@ class WholeSecondConnect:
         self.calls: list[str] = []
         self.between_pages: Callable[[str, list[dict]], None] | None = None
         self.lock = threading.Lock()
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/public/v1"
+        super().__init__(self._handler())
 
     def conn_json(self) -> str:
-        return json.dumps(
-            {
-                "conn_type": "cloudblue_connect",
-                "host": self.url,
-                "password": API_KEY,
-                "extra": {"max_wait": 1, "timeout": 10},
-            }
-        )
+        return self.connection_json(API_KEY, max_wait=1, timeout=10)
 
     def add_file(self, fid: str, created: str, status: str = "ready", **events: str) -> dict:
         item = {
@@ -87,13 +75,10 @@ class WholeSecondConnect:
             self.requests.append(item)
         return item
 
-    def _handler(self) -> type[BaseHTTPRequestHandler]:
+    def _handler(self) -> type[QuietHandler]:
         outer = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
-
+        class Handler(QuietHandler):
             def do_GET(self) -> None:
                 parts = urlsplit(self.path)
                 if self.headers.get("Authorization") != API_KEY:
@@ -125,28 +110,16 @@ class WholeSecondConnect:
                     outer.between_pages(kind, page)
 
             def _send(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                for k, v in (headers or {}).items():
-                    self.send_header(k, v)
-                self.end_headers()
-                self.wfile.write(data)
+                self.reply(status, json.dumps(body).encode(), headers=headers)
 
         return Handler
 
 
 @pytest.fixture
 def whole_second_connect(monkeypatch: pytest.MonkeyPatch) -> Iterator[WholeSecondConnect]:
-    server = WholeSecondConnect()
-    server.thread.start()
-    monkeypatch.setenv("AIRFLOW_CONN_CLOUDBLUE_CONNECT_DEFAULT", server.conn_json())
-    try:
+    with WholeSecondConnect() as server:
+        monkeypatch.setenv("AIRFLOW_CONN_CLOUDBLUE_CONNECT_DEFAULT", server.conn_json())
         yield server
-    finally:
-        server.server.shutdown()
-        server.server.server_close()
 
 
 class MemoryStore:
