@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import json
+import logging
 import os
 import sys
 import tempfile
@@ -23,7 +24,9 @@ from pathlib import Path
 from typing import NoReturn
 
 import pytest
+import structlog
 from connect_sandbox.testing import Sandbox, running_sandbox
+from structlog.testing import capture_logs
 
 ROOT = Path(__file__).resolve().parent.parent
 _SESSION_DIR = Path(tempfile.mkdtemp(prefix="connect-tests-"))
@@ -59,6 +62,28 @@ _register_factory("local_http", ROOT / "tests" / "local_http.py")  # before outb
 _register_factory("usage_factory", ROOT / "tests" / "connect_provider" / "usage" / "usage_factory.py")
 _register_factory("outbox_factory", ROOT / "tests" / "connect_provider" / "outbox" / "outbox_factory.py")
 _register_factory("purchase_factory", ROOT / "tests" / "connect_provider" / "purchase_factory.py")
+
+
+@pytest.fixture
+def log_events(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> Iterator[tuple[list[dict], pytest.LogCaptureFixture]]:
+    """Every log event of the test, DEBUG included, before any renderer or secret masker sees it.
+
+    Airflow 3 hooks log through structlog, whose level filter sits in Airflow's logging module; the
+    level is lowered to DEBUG for the test and the structlog events are captured in place of the
+    processors (so a key formatted into a message is caught even where Airflow's masker would hide
+    it in a task log); standard-library records (urllib3's) come from caplog, unformatted. Yields
+    ``(structlog events, caplog)``; ``hook_logs`` and the security suite's ``raw_logs`` render them.
+    """
+    wrapper = structlog.get_config()["wrapper_class"]
+    levels = getattr(sys.modules[wrapper.__module__], "PER_LOGGER_LEVELS", None)
+    assert levels is not None, "Airflow's structlog level table moved; update this fixture"
+    monkeypatch.setitem(levels, "", logging.DEBUG)
+    caplog.set_level(logging.DEBUG)
+    with capture_logs() as events:
+        yield events, caplog
+
 
 # Short retry waits and timeouts: a test of a fault must not wait out the production back-off.
 SANDBOX_CONN_EXTRA = {"max_wait": 2, "timeout": 10}

@@ -19,8 +19,6 @@ flight, and the 429s sent.
 from __future__ import annotations
 
 import json
-import logging
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -28,36 +26,22 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-import structlog
 from local_http import LocalServer, QuietHandler
-from structlog.testing import capture_logs
 
 API_KEY = "ApiKey SU-000-000-001:listing-test-key"
 
 
 @pytest.fixture
-def hook_logs(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> Iterator[Callable[[], list[str]]]:
-    """``hook_logs()``: every log line emitted so far in the test, DEBUG included, as text.
+def hook_logs(log_events) -> Iterator[Callable[[], list[str]]]:
+    """``hook_logs()``: every log line emitted so far in the test, DEBUG included, as text
+    (the events of the root ``log_events`` fixture, captured before any masking)."""
+    events, caplog = log_events
 
-    Airflow 3 hooks log through structlog, whose level filter sits in Airflow's logging module;
-    the level is lowered to DEBUG for the test and the events are captured before any renderer or
-    secret masker sees them, so a key formatted into a message would be caught here. Standard
-    library records (urllib3's) come from caplog.
-    """
-    wrapper = structlog.get_config()["wrapper_class"]
-    levels = getattr(sys.modules[wrapper.__module__], "PER_LOGGER_LEVELS", None)
-    assert levels is not None, "Airflow's structlog level table moved; update this fixture"
-    monkeypatch.setitem(levels, "", logging.DEBUG)
-    caplog.set_level(logging.DEBUG)
-    with capture_logs() as events:
+    def lines() -> list[str]:
+        rendered = [f"{e.get('log_level')}: {e.get('event')} {e}" for e in events]
+        return rendered + [f"{r.levelname.lower()}: {r.getMessage()}" for r in caplog.records]
 
-        def lines() -> list[str]:
-            rendered = [f"{e.get('log_level')}: {e.get('event')} {e}" for e in events]
-            return rendered + [f"{r.levelname.lower()}: {r.getMessage()}" for r in caplog.records]
-
-        yield lines
+    yield lines
 
 
 class ListingServer(LocalServer):

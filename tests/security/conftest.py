@@ -21,15 +21,11 @@ raise it, log it, put it in a trigger event, write it to the outbox - the key mu
 from __future__ import annotations
 
 import json
-import logging
-import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-import structlog
 from local_http import LocalServer, QuietHandler
-from structlog.testing import capture_logs
 
 KEY_ID = "SU-411-522-633"
 SECRET = "leak-canary-7f3e9a1c5b2d4e60"
@@ -143,29 +139,19 @@ def echo(monkeypatch: pytest.MonkeyPatch) -> Iterator[EchoConnect]:
 
 
 @pytest.fixture
-def raw_logs(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> Iterator[Callable[[], str]]:
-    """``raw_logs()``: every log event of the test so far, DEBUG included, before any masking.
+def raw_logs(log_events) -> Iterator[Callable[[], str]]:
+    """``raw_logs()``: every log event of the test so far, DEBUG included, before any masking
+    (the root ``log_events`` fixture: structlog events in place of the processors, so Airflow's
+    secret masker never sees them, and standard-library records from caplog, unformatted)."""
+    events, caplog = log_events
 
-    structlog events are captured in place of the processors (so Airflow's secret masker never
-    sees them: a leak is caught here even when the masker would have hidden it in a task log), and
-    standard-library records come from caplog, unformatted.
-    """
-    wrapper = structlog.get_config()["wrapper_class"]
-    levels = getattr(sys.modules[wrapper.__module__], "PER_LOGGER_LEVELS", None)
-    assert levels is not None, "Airflow's structlog level table moved; update this fixture"
-    monkeypatch.setitem(levels, "", logging.DEBUG)
-    caplog.set_level(logging.DEBUG)
-    with capture_logs() as events:
+    def text() -> str:
+        lines = [repr(e) for e in events]
+        for record in caplog.records:
+            lines.append(f"{record.levelname}: {record.getMessage()} {record.args!r} {record.exc_text}")
+        return "\n".join(lines)
 
-        def text() -> str:
-            lines = [repr(e) for e in events]
-            for record in caplog.records:
-                lines.append(f"{record.levelname}: {record.getMessage()} {record.args!r} {record.exc_text}")
-            return "\n".join(lines)
-
-        yield text
+    yield text
 
 
 class KeyScanner:
